@@ -1,0 +1,52 @@
+# equifast: `make demo` runs the main job, `make test` the whole test suite; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch (installs from local disk here); triton 3.8 runs its interpreter on CPU tensors.
+DEPS := torch==2.13.0 numpy triton==3.8.0 pytest hypothesis pytest-benchmark scikit-learn matplotlib tqdm ninja
+PYTEST_ARGS ?=
+
+.PHONY: setup build test demo check bench bench-quick cuda-compile-check gpu-test sanitize clean
+
+$(VENV)/.deps-stamp: Makefile pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(DEPS)
+	EQUIFAST_NO_EXTENSION=1 $(PY) -m pip install -q -e . --no-build-isolation --no-deps
+	touch $@
+
+setup: $(VENV)/.deps-stamp build
+
+# Builds equifast._C in place (incremental with ninja); nothing to do when csrc/ has no sources.
+build: $(VENV)/.deps-stamp
+	$(PY) setup.py -q build_ext --inplace
+
+test: setup
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m equifast demo
+
+check: setup
+	$(PY) -m equifast check
+
+bench-quick: setup
+	$(PY) -m equifast bench --quick --out runs/bench-quick
+
+bench: setup
+	$(PY) -m equifast bench --out runs/bench
+
+# Compiles the CUDA sources with torch 2.14.1's CUDA build and the machine's nvcc (no GPU needed).
+cuda-compile-check:
+	bash tools/cuda_compile_check.sh
+
+# On a machine with a GPU and torch already installed (the lent device): build and run the GPU tests.
+gpu-test:
+	bash tools/gpu_test.sh
+
+# On a machine with a GPU: compute-sanitizer memcheck and racecheck over the GPU tests.
+sanitize:
+	bash tools/sanitize.sh
+
+clean:
+	rm -rf build *.egg-info equifast/_C*.so runs

@@ -1,0 +1,178 @@
+"""Argument checking and the resolved convolution plan shared by every backend.
+
+``ConvPlan`` holds what a backend needs besides tensors: the group, stride (sh, sw),
+explicit padding (top, bottom, left, right) — "same"/"valid" and pairs resolved the way
+``torch.nn.functional.conv2d`` resolves them — dilation (dh, dw) and the frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import groups as _groups
+
+FRAMES = ("view", "canonical")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+IntPair = Union[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    group: _groups.Group
+    stride: Tuple[int, int]
+    padding: Tuple[int, int, int, int]   # top, bottom, left, right
+    dilation: Tuple[int, int]
+    frame: str
+
+    @property
+    def order(self) -> int:
+        return self.group.order
+
+    def out_size(self, H: int, W: int, kh: int, kw: int) -> Tuple[int, int]:
+        pt, pb, pl, pr = self.padding
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return ((H + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+                (W + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+    def schema_args(self):
+        """The plan as custom-op arguments (group name, stride, padding, dilation, frame)."""
+        return self.group.name, list(self.stride), list(self.padding), list(self.dilation), self.frame
+
+
+def make_plan(group, stride, padding, dilation, frame, kh: int, kw: int, op: str) -> ConvPlan:
+    group = _groups.get(group)
+    if frame not in FRAMES:
+        raise ValueError(f"{op}: frame must be one of {FRAMES}, got {frame!r}")
+    stride = _pair(stride, "stride", op, minimum=1)
+    dilation = _pair(dilation, "dilation", op, minimum=1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride}), as in torch.nn.functional.conv2d")
+            pads = []
+            for d, k in zip(dilation, (kh, kw)):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            pads = tuple(pads)
+        else:
+            raise ValueError(f"{op}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(_int(p, "padding", op, 0) for p in padding)
+    else:
+        ph, pw = _pair(padding, "padding", op, minimum=0)
+        pads = (ph, ph, pw, pw)
+    return ConvPlan(group, stride, pads, dilation, frame)
+
+
+def plan_from_schema(group: str, stride, padding, dilation, frame: str) -> ConvPlan:
+    return ConvPlan(_groups.get(group), tuple(stride), tuple(padding), tuple(dilation), frame)
+
+
+def _int(v, name, op, minimum):
+    if isinstance(v, bool) or not isinstance(v, int):
+        try:
+            import numbers
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                v = int(v)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if v < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _pair(v: IntPair, name: str, op: str, minimum: int) -> Tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        return _int(v[0], name, op, minimum), _int(v[1], name, op, minimum)
+    x = _int(v, name, op, minimum)
+    return x, x
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_tensors(op: str, x: torch.Tensor, x_name: str, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    for name, t in ((x_name, x), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t is not None and t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {name} has unsupported dtype {t.dtype}; expected one of "
+                            f"float16, bfloat16, float32, float64")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {x_name} is on {x.device}; "
+                             f"all tensors must be on one device")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {x_name} has dtype {x.dtype}; "
+                            f"all tensors must have one dtype")
+
+
+def check_lift(x, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+    op = "lift_conv"
+    if x.dim() != 4:
+        raise ValueError(f"{op}: expected input x of shape [B, C_in, H, W] (4-D), got {x.dim()}-D shape {_shape(x)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected weight of shape [C_out, C_in, kh, kw] (4-D), "
+                         f"got {weight.dim()}-D shape {_shape(weight)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight has C_in={weight.shape[1]} input channels but x has "
+                         f"{x.shape[1]} channels (x {_shape(x)}, weight {_shape(weight)})")
+    return _check_common(op, x.shape[-2:], weight, bias, plan)
+
+
+def check_group(s, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+    op = "group_conv"
+    n = plan.order
+    if s.dim() != 5:
+        raise ValueError(f"{op}: expected input s of shape [B, n={n}, C_in, H, W] (5-D), "
+                         f"got {s.dim()}-D shape {_shape(s)}")
+    if s.shape[1] != n:
+        raise ValueError(f"{op}: input s has group axis of size {s.shape[1]} (dim 1) but group "
+                         f"{plan.group.name} has order {n}; expected s of shape [B, {n}, C_in, H, W]")
+    if weight.dim() != 5:
+        raise ValueError(f"{op}: expected weight of shape [C_out, n={n}, C_in, kh, kw] (5-D), "
+                         f"got {weight.dim()}-D shape {_shape(weight)}")
+    if weight.shape[1] != n:
+        raise ValueError(f"{op}: weight has group axis of size {weight.shape[1]} (dim 1) but group "
+                         f"{plan.group.name} has order {n}; expected weight [C_out, {n}, C_in, kh, kw]")
+    if weight.shape[2] != s.shape[2]:
+        raise ValueError(f"{op}: weight has C_in={weight.shape[2]} input channels but s has "
+                         f"{s.shape[2]} channels (s {_shape(s)}, weight {_shape(weight)})")
+    return _check_common(op, s.shape[-2:], weight, bias, plan)
+
+
+def _check_common(op, hw, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+    H, W = int(hw[0]), int(hw[1])
+    kh, kw = weight.shape[-2:]
+    group = plan.group
+    if group.quarter_turns and plan.frame == "view" and op == "lift_conv" and H != W:
+        raise ValueError(f"{op}: group {group.name} rotates by 90 degrees and needs a square input; "
+                         f"got spatial size {H}x{W}")
+    if group.quarter_turns and plan.frame == "canonical" and kh != kw:
+        raise ValueError(f"{op}: frame='canonical' with group {group.name} rotates the kernel by 90 degrees "
+                         f"and needs a square kernel; got weight with kernel size {kh}x{kw}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"{op}: expected bias of shape [C_out={weight.shape[0]}], got {_shape(bias)}")
+    if min(weight.shape) == 0 and weight.shape[0] != 0:
+        raise ValueError(f"{op}: weight has a zero-size dimension: {_shape(weight)}")
+    Ho, Wo = plan.out_size(H, W, kh, kw)
+    if Ho <= 0 or Wo <= 0:
+        pt, pb, pl, pr = plan.padding
+        raise ValueError(f"{op}: output size would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel {kh}x{kw}, "
+                         f"stride {plan.stride}, padding (top, bottom, left, right)={plan.padding}, "
+                         f"dilation {plan.dilation}: the padded input must be at least as large as the "
+                         f"dilated kernel")
+    return Ho, Wo

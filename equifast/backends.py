@@ -1,0 +1,116 @@
+"""Backend registry and selection.
+
+A backend is a module with
+  ``NAME``, ``availability(device) -> (ok, reason)``, ``supports(plan, x, weight) -> (ok, reason)``,
+  ``lift_conv(x, weight, bias, plan)`` and ``group_conv(s, weight, bias, plan)`` (forward),
+and optionally
+  ``lift_conv_backward(grad_out, x, weight, plan, needs) -> (grad_x, grad_weight, grad_bias)`` and
+  ``group_conv_backward(...)`` (``needs`` = (x, weight, bias) flags; an entry may be None when not
+  needed, and grad_bias None lets the op reduce grad_out itself),
+  ``preferred(plan, x, weight) -> bool`` (whether ``auto`` should pick it for this shape).
+A backend without its own backward is differentiated by autograd through its forward.
+
+Modules are imported on first use, never at ``import equifast``; a backend whose module or
+compiled extension is missing is simply unavailable, with the reason kept for the error message.
+``backend="auto"`` takes the first available, supporting and preferred backend of the device's
+list in ``AUTO_ORDER``; the environment variable ``EQUIFAST_BACKEND`` forces one.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+MODULES: Dict[str, str] = {
+    "reference": "equifast.reference",
+    "torch": "equifast.expanded",
+    "triton": "equifast.triton",
+    "cuda": "equifast.extension.cuda",
+    "cpu": "equifast.extension.cpu",
+}
+NAMES = tuple(MODULES)
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+ENV_VAR = "EQUIFAST_BACKEND"
+
+_loaded: Dict[str, object] = {}
+_load_errors: Dict[str, str] = {}
+
+
+def check_name(backend: str, op: str = "equifast") -> None:
+    if backend != "auto" and backend not in MODULES:
+        raise ValueError(f"{op}: unknown backend {backend!r}; expected 'auto' or one of {NAMES}")
+
+
+def module(name: str):
+    """The backend module ``name``, or None when it cannot be imported (reason in ``load_error``)."""
+    if name in _loaded:
+        return _loaded[name]
+    if name in _load_errors:
+        return None
+    try:
+        mod = importlib.import_module(MODULES[name])
+    except Exception as exc:  # a missing optional dependency or extension must not break equifast
+        _load_errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _loaded[name] = mod
+    return mod
+
+
+def load_error(name: str) -> str:
+    return _load_errors.get(name, "")
+
+
+def availability(name: str, device) -> Tuple[bool, str]:
+    mod = module(name)
+    if mod is None:
+        return False, f"module {MODULES[name]} could not be loaded ({load_error(name)})"
+    return mod.availability(torch.device(device))
+
+
+def available_backends(device=None) -> List[str]:
+    """Names of the backends that can run on ``device`` (default: CPU, plus CUDA when present)."""
+    devices = [torch.device(device)] if device is not None else \
+        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [name for name in NAMES if any(availability(name, d)[0] for d in devices)]
+
+
+def resolve(backend: str, plan, x: torch.Tensor, weight: torch.Tensor, op: str):
+    """The backend module to run ``op`` with (resolving "auto" and the environment override)."""
+    if backend == "auto":
+        forced = os.environ.get(ENV_VAR, "").strip()
+        if forced and forced != "auto":
+            check_name(forced, f"{op} ({ENV_VAR})")
+            backend = forced
+    if backend != "auto":
+        check_name(backend, op)
+        ok, reason = availability(backend, x.device)
+        if not ok:
+            raise RuntimeError(f"{op}: backend {backend!r} is not available on {x.device.type}: {reason}")
+        mod = module(backend)
+        ok, reason = mod.supports(plan, x, weight)
+        if not ok:
+            raise RuntimeError(f"{op}: backend {backend!r} does not support this call: {reason}")
+        return mod
+    for name in AUTO_ORDER.get(x.device.type, ("torch",)):
+        if not availability(name, x.device)[0]:
+            continue
+        mod = module(name)
+        if mod.supports(plan, x, weight)[0] and getattr(mod, "preferred", _always)(plan, x, weight):
+            return mod
+    return module("torch")
+
+
+def _always(*_):
+    return True
+
+
+def explain(device=None) -> Dict[str, str]:
+    """For every backend: 'available' or the reason it is not, on ``device`` (default CPU)."""
+    device = torch.device(device or "cpu")
+    out = {}
+    for name in NAMES:
+        ok, reason = availability(name, device)
+        out[name] = "available" if ok else reason
+    return out

@@ -1,0 +1,30 @@
+"""Group convolution as one conv2d over the stacked n*C_in channels with a block-permuted filter bank.
+
+view frame:      out[:, g] = Σ_h conv2d(s[:, g·h], w[:, h]) = Σ_h' conv2d(s[:, h'], w[:, g⁻¹·h'])
+canonical frame: out[:, g] = Σ_h conv2d(s[:, h], act(w[:, g⁻¹·h], g))
+Both are conv2d(s as [B, n*C_in, H, W], bank [n*C_out, n*C_in, kh, kw]) with
+bank[g, :, h'] = w[:, g⁻¹·h'] (canonical: rotated by g), read as [B, n, C_out, H', W'].
+"""
+import torch
+
+from .._layout import flatten_stack, unflatten_stack
+from ..reference.common import conv2d
+
+
+def permuted_filter_bank(weight, group, frame):
+    """[C_out, n, C_in, kh, kw] -> [n*C_out, n*C_in, kh, kw]."""
+    n = group.order
+    C_out, _, C_in, kh, kw = weight.shape
+    table = torch.tensor([[group.cayley[group.inverse[g]][h] for h in range(n)] for g in range(n)],
+                         device=weight.device)
+    bank = weight[:, table].transpose(0, 1)                          # [n(g), C_out, n(h'), C_in, kh, kw]
+    if frame == "canonical":
+        bank = group.act_each(bank)
+    return bank.reshape(n * C_out, n * C_in, kh, kw)
+
+
+def group_conv(s, weight, bias, plan):
+    n = plan.group.order
+    bank = permuted_filter_bank(weight, plan.group, plan.frame)
+    y = conv2d(flatten_stack(s), bank, None if bias is None else bias.repeat(n), plan)
+    return unflatten_stack(y, n)

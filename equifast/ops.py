@@ -1,0 +1,241 @@
+"""The public ops ``lift_conv`` and ``group_conv`` and their ``torch.library`` custom ops.
+
+Custom ops (namespace ``equifast``), each with a fake kernel and registered autograd:
+
+  lift_conv(Tensor x, Tensor weight, Tensor? bias, str group, int[] stride, int[] padding,
+            int[] dilation, str frame, str backend) -> Tensor
+  group_conv(Tensor s, Tensor weight, Tensor? bias, ...same...) -> Tensor
+  lift_conv_backward / group_conv_backward(Tensor grad_out, Tensor x, Tensor weight, ...same...,
+            bool[] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)
+
+``padding`` is explicit (top, bottom, left, right); the Python wrappers resolve ints, pairs,
+"same" and "valid". The implementation is device-agnostic: it resolves ``backend`` ("auto",
+an explicit name, or the ``EQUIFAST_BACKEND`` override) and calls that backend, so every backend
+(reference, torch, triton, cuda, cpu) sits behind the same two ops. Backends with their own
+backward kernels run it through the ``*_backward`` ops; the plain-PyTorch backends are
+differentiated by autograd through their forward, recomputed in the backward callback.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends as _backends
+from . import groups as _groups
+from ._args import ConvPlan, check_group, check_lift, check_tensors, make_plan, plan_from_schema
+from ._layout import empty_stack, is_channels_last, same_layout, stack_like
+
+__all__ = ["lift_conv", "group_conv"]
+
+
+# ---------------------------------------------------------------------------
+# Forward ops
+# ---------------------------------------------------------------------------
+def _forward(kind: str, inp: Tensor, weight: Tensor, bias: Optional[Tensor], plan: ConvPlan, backend: str) -> Tensor:
+    B = inp.shape[0]
+    n, C_out = plan.order, weight.shape[0]
+    Ho, Wo = plan.out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1])
+    channels_last = is_channels_last(inp)
+    if inp.numel() == 0 or C_out == 0:
+        return empty_stack((B, n, C_out, Ho, Wo), channels_last, dtype=inp.dtype, device=inp.device).zero_()
+    impl = _backends.resolve(backend, plan, inp, weight, kind)
+    out = getattr(impl, kind)(inp, weight, bias, plan)
+    return stack_like(out, channels_last)
+
+
+def _fake_forward(inp, weight, group, stride, padding, dilation, frame):
+    plan = plan_from_schema(group, stride, padding, dilation, frame)
+    Ho, Wo = plan.out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1])
+    return empty_stack((inp.shape[0], plan.order, weight.shape[0], Ho, Wo), is_channels_last(inp),
+                       dtype=inp.dtype, device=inp.device)
+
+
+@torch.library.custom_op("equifast::lift_conv", mutates_args=())
+def _lift_conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, stride: List[int],
+                  padding: List[int], dilation: List[int], frame: str, backend: str) -> Tensor:
+    return _forward("lift_conv", x, weight, bias, plan_from_schema(group, stride, padding, dilation, frame), backend)
+
+
+@torch.library.custom_op("equifast::group_conv", mutates_args=())
+def _group_conv_op(s: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, stride: List[int],
+                   padding: List[int], dilation: List[int], frame: str, backend: str) -> Tensor:
+    return _forward("group_conv", s, weight, bias, plan_from_schema(group, stride, padding, dilation, frame), backend)
+
+
+@_lift_conv_op.register_fake
+def _(x, weight, bias, group, stride, padding, dilation, frame, backend):
+    return _fake_forward(x, weight, group, stride, padding, dilation, frame)
+
+
+@_group_conv_op.register_fake
+def _(s, weight, bias, group, stride, padding, dilation, frame, backend):
+    return _fake_forward(s, weight, group, stride, padding, dilation, frame)
+
+
+# ---------------------------------------------------------------------------
+# Backward ops (for backends with their own backward kernels)
+# ---------------------------------------------------------------------------
+def _backward(kind: str, grad_out, inp, weight, plan, backend, mask):
+    impl = _backends.resolve(backend, plan, inp, weight, kind)
+    grad_out = stack_like(grad_out, is_channels_last(grad_out))
+    gx, gw, gb = getattr(impl, kind + "_backward")(grad_out, inp, weight, plan, tuple(mask))
+    if mask[2] and gb is None:
+        gb = grad_out.sum(dim=(0, 1, 3, 4))
+    empty = inp.new_empty(0)
+    return (same_layout(gx, inp) if mask[0] else empty,
+            gw.contiguous() if mask[1] else empty,
+            gb if mask[2] else empty)
+
+
+def _fake_backward(grad_out, inp, weight, mask):
+    empty = inp.new_empty(0)
+    gx = empty
+    if mask[0]:
+        gx = empty_stack(inp.shape, is_channels_last(inp), dtype=inp.dtype, device=inp.device) if inp.dim() == 5 \
+            else torch.empty_like(inp, memory_format=torch.channels_last if is_channels_last(inp)
+                                  else torch.contiguous_format)
+    return (gx,
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else empty,
+            inp.new_empty(weight.shape[0]) if mask[2] else empty)
+
+
+@torch.library.custom_op("equifast::lift_conv_backward", mutates_args=())
+def _lift_conv_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, group: str, stride: List[int],
+                           padding: List[int], dilation: List[int], frame: str, backend: str,
+                           output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward("lift_conv", grad_out, x, weight, plan_from_schema(group, stride, padding, dilation, frame),
+                     backend, output_mask)
+
+
+@torch.library.custom_op("equifast::group_conv_backward", mutates_args=())
+def _group_conv_backward_op(grad_out: Tensor, s: Tensor, weight: Tensor, group: str, stride: List[int],
+                            padding: List[int], dilation: List[int], frame: str, backend: str,
+                            output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward("group_conv", grad_out, s, weight, plan_from_schema(group, stride, padding, dilation, frame),
+                     backend, output_mask)
+
+
+@_lift_conv_backward_op.register_fake
+def _(grad_out, x, weight, group, stride, padding, dilation, frame, backend, output_mask):
+    return _fake_backward(grad_out, x, weight, output_mask)
+
+
+@_group_conv_backward_op.register_fake
+def _(grad_out, s, weight, group, stride, padding, dilation, frame, backend, output_mask):
+    return _fake_backward(grad_out, s, weight, output_mask)
+
+
+# ---------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    inp, weight, bias, group, stride, padding, dilation, frame, backend = inputs
+    ctx.save_for_backward(inp, weight, bias)
+    ctx.schema_args = (group, stride, padding, dilation, frame, backend)
+
+
+def _recompute_backward(kind, impl, grad_out, inp, weight, bias, plan, mask):
+    """Autograd through a plain-PyTorch backend's forward, recomputed here."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(m) if t is not None else None for t, m in zip((inp, weight, bias), mask)]
+        out = getattr(impl, kind)(leaves[0], leaves[1], leaves[2], plan)
+        wanted = [t for t, m in zip(leaves, mask) if m]
+        grads = list(torch.autograd.grad(out, wanted, grad_out)) if wanted else []
+    return tuple(grads.pop(0) if m else None for m in mask)
+
+
+def _make_backward(kind, backward_op):
+    def backward(ctx, grad_out):
+        inp, weight, bias = ctx.saved_tensors
+        group, stride, padding, dilation, frame, backend = ctx.schema_args
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        nones = (None,) * 6
+        if not any(mask):
+            return (None, None, None) + nones
+        plan = plan_from_schema(group, stride, padding, dilation, frame)
+        if inp.numel() == 0:
+            gx, gw, gb = torch.zeros_like(inp), torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias)
+        else:
+            impl = _backends.resolve(backend, plan, inp, weight, kind)
+            if hasattr(impl, kind + "_backward"):
+                gx, gw, gb = backward_op(grad_out, inp, weight, group, stride, padding, dilation, frame, backend, mask)
+            else:
+                gx, gw, gb = _recompute_backward(kind, impl, grad_out, inp, weight, bias, plan, mask)
+        return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + nones
+    return backward
+
+
+_lift_conv_op.register_autograd(_make_backward("lift_conv", _lift_conv_backward_op), setup_context=_setup_context)
+_group_conv_op.register_autograd(_make_backward("group_conv", _group_conv_backward_op), setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------
+def _autocast(*tensors):
+    """Cast float32 tensors to the autocast dtype, as conv2d does under torch.autocast."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in tensors)
+
+
+def lift_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group="C4", stride=1, padding=0,
+              dilation=1, frame: str = "view", backend: str = "auto") -> Tensor:
+    """Lifting convolution: evaluate a conv2d on the whole group orbit of ``x``.
+
+    Args:
+        x: [B, C_in, H, W] (contiguous or channels_last).
+        weight: [C_out, C_in, kh, kw], shared by all |G| copies.
+        bias: optional [C_out], shared by all copies.
+        group: a name ("C4", "D4", "C8", ...) or an ``equifast.groups.Group``.
+        stride, padding, dilation: as ``torch.nn.functional.conv2d`` (padding: int, pair,
+            "same", "valid", or an explicit (top, bottom, left, right) 4-tuple).
+        frame: "view" — out[:, g] = conv2d(act(x, g⁻¹), weight), exactly equivariant under the
+            regular action for any kernel, stride, padding and dilation; or "canonical" —
+            out[:, g] = conv2d(x, act(weight, g)), the G-CNN lifting layer.
+        backend: "auto", "reference", "torch", "triton", "cuda" or "cpu".
+
+    Returns:
+        [B, n, C_out, H', W'] with n = |G| (channels_last stack when x is channels_last).
+    """
+    backend_name = backend
+    _backends.check_name(backend_name, "lift_conv")
+    check_tensors("lift_conv", x, "x", weight, bias)
+    if weight.dim() != 4:
+        raise ValueError(f"lift_conv: expected weight of shape [C_out, C_in, kh, kw] (4-D), "
+                         f"got {weight.dim()}-D shape {list(weight.shape)}")
+    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "lift_conv")
+    check_lift(x, weight, bias, plan)
+    x, weight, bias = _autocast(x, weight, bias)
+    return _lift_conv_op(x, weight, bias, *plan.schema_args(), backend_name)
+
+
+def group_conv(s: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group="C4", stride=1, padding=0,
+               dilation=1, frame: str = "view", backend: str = "auto") -> Tensor:
+    """Group convolution on a stack of group copies.
+
+    Args:
+        s: [B, n, C_in, H, W], any strides (a permuted view of a field-major [B, C_in, n, H, W]
+            tensor is accepted without a copy on the caller's side).
+        weight: [C_out, n, C_in, kh, kw].
+        bias: optional [C_out], shared by all copies.
+        frame: "view" — out[:, g] = Σ_h conv2d(s[:, g·h], weight[:, h]) (the cyclic shift);
+            or "canonical" — out[:, g] = Σ_h conv2d(s[:, h], act(weight[:, g⁻¹·h], g)).
+        Other arguments as in ``lift_conv``.
+
+    Returns:
+        [B, n, C_out, H', W'].
+    """
+    _backends.check_name(backend, "group_conv")
+    check_tensors("group_conv", s, "s", weight, bias)
+    if weight.dim() != 5:
+        raise ValueError(f"group_conv: expected weight of shape [C_out, n, C_in, kh, kw] (5-D), "
+                         f"got {weight.dim()}-D shape {list(weight.shape)}")
+    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "group_conv")
+    check_group(s, weight, bias, plan)
+    s, weight, bias = _autocast(s, weight, bias)
+    return _group_conv_op(s, weight, bias, *plan.schema_args(), backend)
