@@ -1,0 +1,203 @@
+"""Shared helpers of the Triton kernels: index-map tables, launch configuration, tile gathers.
+
+Index maps. Every group action the kernels need is a *gather table*: for a destination position
+q (a pixel of an H x W image or a tap of a kh x kw kernel) and a group element e,
+``value[q] = Σ_t weight[e, q, t] · source[index[e, q, t]]``. Exact groups have one tap of weight 1
+(a permutation); interpolated C_n / D_n have the group's bilinear taps (weight 0 outside).
+The adjoint of a gather (needed by the backward passes) is again a gather: ``transpose_table``
+turns the table of e into the table of its transpose (for an exact group that is the inverse
+permutation, i.e. the table of e⁻¹), padded to the largest number of taps, so no backward
+kernel needs atomics.
+
+Tables are built on the host once per (group, size, device) and cached; the kernels load them
+as int32 / float32.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+_LOCK = threading.Lock()
+_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+# ---------------------------------------------------------------------------
+# Host side: tables
+# ---------------------------------------------------------------------------
+def transpose_table(index: torch.Tensor, weight: torch.Tensor, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Adjoint of gather tables: index/weight [m, P, T] over sources in [0, size) ->
+    (index_T [m, size, T'], weight_T [m, size, T']) with
+    Σ_q Σ_t w[e,q,t]·y[q]·[index[e,q,t] = s] = Σ_t' weight_T[e,s,t']·y[index_T[e,s,t']]."""
+    m, P, T = index.shape
+    dst = torch.arange(P).repeat_interleave(T)
+    per = []
+    width = 1
+    for e in range(m):
+        src, w = index[e].reshape(-1), weight[e].reshape(-1)
+        keep = w != 0
+        s, d, ww = src[keep], dst[keep], w[keep]
+        order = torch.argsort(s, stable=True)
+        s, d, ww = s[order], d[order], ww[order]
+        counts = torch.bincount(s, minlength=size)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(s.numel()) - starts[s]
+        per.append((s, d, ww, rank))
+        if counts.numel():
+            width = max(width, int(counts.max()))
+    index_t = torch.zeros(m, size, width, dtype=torch.int64)
+    weight_t = torch.zeros(m, size, width, dtype=weight.dtype)
+    for e, (s, d, ww, rank) in enumerate(per):
+        index_t[e, s, rank] = d
+        weight_t[e, s, rank] = ww
+    return index_t, weight_t
+
+
+def gather_table(group, H: int, W: int, elements: Sequence[int], device, transposed: bool = False):
+    """(index int32 [m, H*W, T], weight float32 [m, H*W, T]) for the image action of ``elements``
+    (row i = element elements[i]) on H x W, or of its adjoint when ``transposed``; cached."""
+    elements = tuple(int(e) for e in elements)
+    key = (group.name, id(group), int(H), int(W), elements, str(torch.device(device)), bool(transposed))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    index, weight = group.sampling_tables(H, W)
+    sel = torch.tensor(elements, dtype=torch.int64)
+    index, weight = index[sel], weight[sel]
+    if transposed:
+        index, weight = transpose_table(index, weight, H * W)
+    out = (index.to(device=device, dtype=torch.int32).contiguous(),
+           weight.to(device=device, dtype=torch.float32).contiguous())
+    with _LOCK:
+        _CACHE[key] = out
+    return out
+
+
+def int_table(rows, device) -> torch.Tensor:
+    """A small int32 table (Cayley-derived slot maps) on ``device``; cached."""
+    rows = tuple(tuple(int(v) for v in r) for r in rows)
+    key = ("int", rows, str(torch.device(device)))
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = torch.tensor(rows, dtype=torch.int32, device=device).contiguous()
+        with _LOCK:
+            _CACHE[key] = hit
+    return hit
+
+
+def dummy(device, dtype=torch.int32) -> torch.Tensor:
+    key = ("dummy", str(torch.device(device)), dtype)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = torch.zeros(1, dtype=dtype, device=device)
+        with _LOCK:
+            _CACHE[key] = hit
+    return hit
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tf32 for float32 when PyTorch's convolutions may use it (torch.backends.cudnn.allow_tf32)."""
+    if dtype == torch.float32 and not interpreting() and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+# ---------------------------------------------------------------------------
+# Launch configuration
+# ---------------------------------------------------------------------------
+INTERPRETER_META = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32)
+
+
+def gemm_configs():
+    """Autotuning space of the implicit-GEMM kernels on a GPU (tiles over rows x columns, K step)."""
+    cfgs = []
+    for bm, bn, bk, warps, stages in (
+            (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4),
+            (64, 128, 32, 4, 3), (128, 64, 64, 8, 3), (256, 64, 32, 8, 3), (64, 32, 32, 2, 4),
+            (32, 32, 32, 2, 2), (128, 16, 32, 4, 3)):
+        cfgs.append(triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages))
+    return cfgs
+
+
+_TUNED: Dict[object, object] = {}
+
+
+def launcher(kernel, key):
+    """The kernel to launch and the meta-parameters to pass: a single fixed config under the
+    interpreter (fast tests), an autotuned wrapper keyed on ``key`` (argument names) on a GPU."""
+    if interpreting():
+        return kernel, dict(INTERPRETER_META)
+    tuned = _TUNED.get(kernel)
+    if tuned is None:
+        tuned = triton.autotune(configs=gemm_configs(), key=list(key))(kernel)
+        with _LOCK:
+            _TUNED[kernel] = tuned
+    return tuned, {}
+
+
+def split_k(tiles: int, reduction: int, device) -> int:
+    """Number of reduction splits for the weight-gradient kernels (partial sums, reduced on the
+    host: deterministic, no atomics). Enough programs to fill the GPU, each at least 2048 rows."""
+    if interpreting() or torch.device(device).type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = max(1, (2 * sms) // max(tiles, 1))
+    return int(max(1, min(want, reduction // 2048, 256)))
+
+
+# ---------------------------------------------------------------------------
+# Device side: tile gathers
+# ---------------------------------------------------------------------------
+@triton.jit
+def gather_pixels(x_ptr, base, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
+                  MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
+    """Tile of an image read at view pixels (p, q) (int64 tiles, ``ok`` = inside the image):
+    without MAP x[base + p*sxh + q*sxw]; with MAP the view of element row ``g`` of the table,
+    Σ_t wt[g, p*W+q, t] · x[base + pixel index[g, p*W+q, t]]."""
+    if MAP:
+        vp = tl.where(ok, p * W + q, 0)
+        row = (g * H * W + vp) * T
+        if WEIGHTED:
+            acc = tl.zeros(p.shape, dtype=tl.float32)
+            for t in tl.static_range(T):
+                src = tl.load(tab_ptr + row + t, mask=ok, other=0).to(tl.int64)
+                wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
+                v = tl.load(x_ptr + base + (src // W) * sxh + (src % W) * sxw, mask=ok, other=0.0)
+                acc += wgt * v.to(tl.float32)
+            return acc.to(x_ptr.dtype.element_ty)
+        else:
+            src = tl.load(tab_ptr + row, mask=ok, other=0).to(tl.int64)
+            return tl.load(x_ptr + base + (src // W) * sxh + (src % W) * sxw, mask=ok, other=0.0)
+    else:
+        return tl.load(x_ptr + base + p * sxh + q * sxw, mask=ok, other=0.0)
+
+
+@triton.jit
+def gather_taps(w_ptr, base, tap, ok, tab_ptr, wt_ptr, g, KK,
+                MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
+    """Tile of a (contiguous, taps innermost) weight read at taps ``tap``: without MAP
+    w[base + tap]; with MAP the kernel acted on by element row ``g``,
+    Σ_t wt[g, tap, t] · w[base + index[g, tap, t]]."""
+    if MAP:
+        row = (g * KK + tap) * T
+        if WEIGHTED:
+            acc = tl.zeros(tap.shape, dtype=tl.float32)
+            for t in tl.static_range(T):
+                src = tl.load(tab_ptr + row + t, mask=ok, other=0)
+                wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
+                v = tl.load(w_ptr + base + src, mask=ok, other=0.0)
+                acc += wgt * v.to(tl.float32)
+            return acc.to(w_ptr.dtype.element_ty)
+        else:
+            src = tl.load(tab_ptr + row, mask=ok, other=0)
+            return tl.load(w_ptr + base + src, mask=ok, other=0.0)
+    else:
+        return tl.load(w_ptr + base + tap, mask=ok, other=0.0)

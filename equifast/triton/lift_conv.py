@@ -1,0 +1,292 @@
+"""Fused Triton lifting convolution: forward, grad input, grad weight (one launch each).
+
+x: [B, C_in, H, W], w: [C_out, C_in, kh, kw] -> y: [B, n, C_out, H', W'], with
+p = i·sh - pt + a·dh, q = j·sw - pl + c·dw and K = (tap (a, c), ci) flattened (ci fastest).
+
+view frame       y[b,g,co,i,j] = Σ_{ci,a,c} w[co,ci,a,c] · X_g[b,ci,p,q],   X_g = act(x, g⁻¹)
+                 X_g[p,q] = Σ_t T[g⁻¹][(p,q),t] · x[index[g⁻¹][(p,q),t]] (zero outside [0,H)x[0,W)):
+                 the rotated view is read through the group's gather table, never materialised.
+canonical frame  y[b,g] = conv2d(x, act(w, g)), act(w, g)[tap] = Σ_t T[g][tap,t] · w[index[g][tap,t]].
+
+Implicit GEMM per program: rows = output pixels (b, i, j), columns = C_out, reduction over K,
+``tl.dot`` on tiles of the input dtype with float32 accumulation; grid axis 1 = group copy g, so
+all n copies come from one launch and land directly in their slot of the output.
+
+grad input   gx[b,ci,P] = Σ_g (adjoint of X_g)(conv_transpose(dy[:, g], w))[P]: rows = input
+             pixels, columns = C_in, reduction over (g, adjoint taps t', kernel tap, C_out), in
+             gather form (the adjoint table of act(·, g⁻¹), for exact groups the inverse
+             permutation; strided convs keep only taps with (p + pt - a·dh) divisible by sh).
+             Canonical: gx = Σ_g conv_transpose(dy[:, g], act(w, g)).
+grad weight  gw[co,ci,a,c] = Σ_{g,b,i,j} dy[b,g,co,i,j] · X_g[b,ci,p,q] (view); canonical:
+             gw[co,ci,tap'] = Σ_g Σ_t' T_g^T[tap',t'] · Σ_{b,i,j} dy[b,g,co,i,j] x[b,ci,p(tap),q(tap)],
+             tap = index_g^T[tap', t']. Rows = C_out, columns = (tap', ci), reduction over pixels,
+             optionally split over a second grid axis into float32 partials summed on the host.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common as C
+from ._common import gather_pixels, gather_taps
+
+
+@triton.jit
+def _lift_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
+                     C_in, H, W, C_out, Ho, Wo, KW, KK,
+                     sxb, sxc, sxh, sxw, syb, syg, syc, syh, syw,
+                     sh, sw, pt, pl, dh, dw, M, K,
+                     IN_MAP: tl.constexpr, TI: tl.constexpr, W_MAP: tl.constexpr, TK: tl.constexpr,
+                     WEIGHTED: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_n = tl.cdiv(C_out, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < C_out
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    HoWo = Ho * Wo
+    bb = rm64 // HoWo
+    ii = (rm64 % HoWo) // Wo
+    jj = rm64 % Wo
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        tap = rk // C_in
+        ci = (rk % C_in).to(tl.int64)
+        ka = tap // KW
+        kc = tap % KW
+        p = ii[:, None] * sh - pt + ka[None, :] * dh
+        q = jj[:, None] * sw - pl + kc[None, :] * dw
+        ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
+        a = gather_pixels(x_ptr, bb[:, None] * sxb + ci[None, :] * sxc, p, q, ok, itab, iwt, g, H, W,
+                          sxh, sxw, IN_MAP, TI, WEIGHTED)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
+        b = gather_taps(w_ptr, rn64[None, :] * (C_in * KK) + ci[:, None] * KK, tap2, w_ok, ktab, kwt, g, KK,
+                        W_MAP, TK, WEIGHTED)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    offs = (bb * syb + g * syg + ii * syh + jj * syw)[:, None] + rn64[None, :] * syc
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _lift_bwd_x_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
+                       C_in, H, W, C_out, Ho, Wo, KW, KK, n,
+                       sdb, sdg, sdc, sdh, sdw, sgb, sgc, sgh, sgw,
+                       sh, sw, pt, pl, dh, dw, M, K,
+                       IN_MAP: tl.constexpr, TT: tl.constexpr, W_MAP: tl.constexpr, TK: tl.constexpr,
+                       WEIGHTED: tl.constexpr, PREC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(C_in, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < C_in
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    HW = H * W
+    bb = rm64 // HW
+    pix = rm64 % HW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, n):
+        for t in range(0, TT):
+            if IN_MAP:
+                row = (g * HW + pix) * TT + t
+                vp = tl.load(ttab + row, mask=m_ok, other=0).to(tl.int64)
+                rw = tl.load(twt + row, mask=m_ok, other=0.0)
+            else:
+                vp = pix
+                rw = tl.zeros((BLOCK_M,), dtype=tl.float32) + 1.0
+            vr = vp // W
+            vc = vp % W
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                rk = k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < K
+                tap = rk // C_out
+                co = (rk % C_out).to(tl.int64)
+                ka = tap // KW
+                kc = tap % KW
+                inum = vr[:, None] + pt - ka[None, :] * dh
+                jnum = vc[:, None] + pl - kc[None, :] * dw
+                inum_c = tl.maximum(inum, 0)
+                jnum_c = tl.maximum(jnum, 0)
+                ii = inum_c // sh
+                jj = jnum_c // sw
+                ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
+                      & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
+                a = tl.load(dy_ptr + (bb * sdb + g * sdg)[:, None] + co[None, :] * sdc + ii * sdh + jj * sdw,
+                            mask=ok, other=0.0)
+                w_ok = k_ok[:, None] & n_ok[None, :]
+                tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
+                b = gather_taps(w_ptr, co[:, None] * (C_in * KK) + rn64[None, :] * KK, tap2, w_ok, ktab, kwt, g, KK,
+                                W_MAP, TK, WEIGHTED)
+                part = tl.dot(a, b, part, input_precision=PREC)
+            if IN_MAP and WEIGHTED:
+                acc += part * rw[:, None]
+            else:
+                acc += part
+    offs = (bb * sgb + (pix // W) * sgh + (pix % W) * sgw)[:, None] + rn64[None, :] * sgc
+    tl.store(gx_ptr + offs, acc.to(gx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _lift_bwd_w_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
+                       C_in, H, W, C_out, Ho, Wo, KW, KK, n,
+                       sdb, sdg, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+                       sh, sw, pt, pl, dh, dw, M, N, CHUNK,
+                       IN_MAP: tl.constexpr, TI: tl.constexpr, W_MAP: tl.constexpr, TT: tl.constexpr,
+                       WEIGHTED: tl.constexpr, PREC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)      # C_out
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (tap', ci)
+    m_ok = rm < C_out
+    n_ok = rn < N
+    rm64 = rm.to(tl.int64)
+    tapp = rn // C_in
+    ci = (rn % C_in).to(tl.int64)
+    HoWo = Ho * Wo
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, n):
+        for t in range(0, TT):
+            if W_MAP:
+                row = (g * KK + tapp) * TT + t
+                tap = tl.load(ttab + row, mask=n_ok, other=0)
+                cw = tl.load(twt + row, mask=n_ok, other=0.0)
+            else:
+                tap = tapp
+                cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
+            ka = tap // KW
+            kc = tap % KW
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, CHUNK, BLOCK_K):
+                rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < M
+                rk64 = rk.to(tl.int64)
+                bb = rk64 // HoWo
+                ii = (rk64 % HoWo) // Wo
+                jj = rk64 % Wo
+                a = tl.load(dy_ptr + rm64[:, None] * sdc + (bb * sdb + g * sdg + ii * sdh + jj * sdw)[None, :],
+                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                p = ii[:, None] * sh - pt + ka[None, :] * dh
+                q = jj[:, None] * sw - pl + kc[None, :] * dw
+                ok = k_ok[:, None] & n_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
+                b = gather_pixels(x_ptr, bb[:, None] * sxb + ci[None, :] * sxc, p, q, ok, itab, iwt, g, H, W,
+                                  sxh, sxw, IN_MAP, TI, WEIGHTED)
+                part = tl.dot(a, b, part, input_precision=PREC)
+            if W_MAP and WEIGHTED:
+                acc += part * cw[None, :]
+            else:
+                acc += part
+    offs = split.to(tl.int64) * C_out * N + rm64[:, None] * (C_in * KK) + (ci * KK + tapp)[None, :]
+    tl.store(gw_ptr + offs, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+# ---------------------------------------------------------------------------
+# Host wrappers
+# ---------------------------------------------------------------------------
+def _maps(plan, H, W, kh, kw, device, kind):
+    """(IN_MAP tables, W_MAP tables, flags) for ``kind`` in fwd / bwd_x / bwd_w."""
+    group = plan.group
+    n = group.order
+    none = (C.dummy(device), C.dummy(device, torch.float32))
+    if plan.frame == "view":
+        elements = list(group.inverse)                      # copy g reads act(x, g⁻¹)
+        tab = C.gather_table(group, H, W, elements, device, transposed=(kind == "bwd_x"))
+        return tab, none, True, False
+    tab = C.gather_table(group, kh, kw, list(range(n)), device, transposed=(kind == "bwd_w"))
+    return none, tab, False, True
+
+
+def _alloc_like_input(x, shape):
+    fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
+                                  and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _out_stack(x, B, n, C_out, Ho, Wo):
+    from .._layout import empty_stack, is_channels_last
+    return empty_stack((B, n, C_out, Ho, Wo), is_channels_last(x), dtype=x.dtype, device=x.device)
+
+
+def forward(x, weight, bias, plan):
+    B, C_in, H, W = x.shape
+    C_out, _, kh, kw = weight.shape
+    n = plan.order
+    Ho, Wo = plan.out_size(H, W, kh, kw)
+    y = _out_stack(x, B, n, C_out, Ho, Wo)
+    M, K = B * Ho * Wo, kh * kw * C_in
+    if M == 0 or C_out == 0:
+        return y.zero_()
+    weight = weight.contiguous()
+    (itab, iwt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "fwd")
+    (sh, sw), (dh, dw) = plan.stride, plan.dilation
+    pt, _, pl, _ = plan.padding
+    kernel, meta = C.launcher(_lift_fwd_kernel, ("M", "K", "C_out", "IN_MAP", "W_MAP", "WEIGHTED"))
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
+    kernel[grid](x, weight, bias if bias is not None else weight, y, itab, iwt, ktab, kwt,
+                 C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
+                 *x.stride(), *y.stride(), sh, sw, pt, pl, dh, dw, M, K,
+                 IN_MAP=in_map, TI=itab.shape[-1] if in_map else 1, W_MAP=w_map,
+                 TK=ktab.shape[-1] if w_map else 1, WEIGHTED=not plan.group.exact,
+                 HAS_BIAS=bias is not None, PREC=C.dot_precision(x.dtype), **meta)
+    return y
+
+
+def backward(grad_out, x, weight, plan, needs):
+    B, C_in, H, W = x.shape
+    C_out, _, kh, kw = weight.shape
+    n = plan.order
+    Ho, Wo = grad_out.shape[-2:]
+    weight = weight.contiguous()
+    (sh, sw), (dh, dw) = plan.stride, plan.dilation
+    pt, _, pl, _ = plan.padding
+    prec = C.dot_precision(x.dtype)
+    weighted = not plan.group.exact
+    gx = gw = None
+    if needs[0]:
+        gx = _alloc_like_input(x, x.shape)
+        M, K = B * H * W, kh * kw * C_out
+        (ttab, twt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_x")
+        kernel, meta = C.launcher(_lift_bwd_x_kernel, ("M", "K", "C_in", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]),)
+        kernel[grid](grad_out, weight, gx, ttab, twt, ktab, kwt,
+                     C_in, H, W, C_out, Ho, Wo, kw, kh * kw, n,
+                     *grad_out.stride(), *gx.stride(), sh, sw, pt, pl, dh, dw, M, K,
+                     IN_MAP=in_map, TT=ttab.shape[-1] if in_map else 1, W_MAP=w_map,
+                     TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
+    if needs[1]:
+        M, N = B * Ho * Wo, kh * kw * C_in
+        (itab, iwt), (ttab, twt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_w")
+        kernel, meta = C.launcher(_lift_bwd_w_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
+        splits = C.split_k(tiles, M, x.device)
+        chunk = triton.cdiv(triton.cdiv(M, splits), 64) * 64   # a multiple of every BLOCK_K
+        splits = triton.cdiv(M, chunk)
+        part = torch.empty((splits, C_out, C_in, kh, kw), dtype=torch.float32, device=x.device)
+        grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
+        kernel[grid](grad_out, x, part, itab, iwt, ttab, twt,
+                     C_in, H, W, C_out, Ho, Wo, kw, kh * kw, n,
+                     *grad_out.stride(), *x.stride(), sh, sw, pt, pl, dh, dw, M, N, chunk,
+                     IN_MAP=in_map, TI=itab.shape[-1] if in_map else 1, W_MAP=w_map,
+                     TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
+        gw = (part[0] if splits == 1 else part.sum(0)).to(weight.dtype)
+    return gx, gw, None
