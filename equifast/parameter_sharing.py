@@ -270,7 +270,7 @@ def diagonal(a: Action, b: Action) -> Action:
     canonical G-CNN action on a stack [n, H*W]."""
     ga, gb = _broadcast_pair(a, b, "diagonal")
     nb = b.size
-    table = (ga[:, :, None] * nb + gb[:, None, :]).reshape(ga.shape[0], -1)
+    table = (ga[:, :, None] * nb + gb[:, None, :]).reshape(ga.shape[0], a.size * nb)
     return Action(a.size * nb, table, f"diagonal({a.name}, {b.name})")
 
 
