@@ -157,7 +157,7 @@ class Group:
         flat = x.reshape(*x.shape[:-2], H * W)
         idx, wts = index[sel], weight[sel].to(x.dtype)            # [m, HW, T]
         gathered = flat[..., idx]                                # [..., m, HW, T]
-        out = (gathered * wts).sum(-1) if idx.shape[-1] > 1 or not self.exact else gathered[..., 0]
+        out = tap_sum(gathered, wts) if idx.shape[-1] > 1 or not self.exact else gathered[..., 0]
         out = out.movedim(-2, 0)                                 # [m, ..., HW]
         return out.reshape(len(elements), *x.shape)
 
@@ -174,7 +174,7 @@ class Group:
         flat = t.reshape(m, -1, H * W)                           # [m, R, HW]
         gathered = flat.gather(2, idx.reshape(m, 1, H * W * T).expand(m, flat.shape[1], H * W * T))
         gathered = gathered.reshape(m, flat.shape[1], H * W, T)
-        out = gathered[..., 0] if (self.exact and T == 1) else (gathered * wts[:, None]).sum(-1)
+        out = gathered[..., 0] if (self.exact and T == 1) else tap_sum(gathered, wts[:, None])
         return out.reshape(t.shape)
 
     # ------------------------------------------------------------ stack actions
@@ -218,6 +218,15 @@ def _table_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.float32
 
 
+def tap_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_t values·weights over the last dim (taps), skipping zero-weight taps.
+
+    A tap outside the image has weight 0 and the placeholder index 0: its value must not be read
+    as 0·x[0], or a NaN/Inf in pixel 0 would leak into every output pixel with an outside tap.
+    Kernels reading the tables must likewise skip (mask) zero-weight taps."""
+    return (values * weights).masked_fill(weights == 0, 0).sum(-1)
+
+
 def _apply_tables(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, g: int) -> torch.Tensor:
     H, W = x.shape[-2:]
     flat = x.reshape(*x.shape[:-2], H * W)
@@ -225,7 +234,7 @@ def _apply_tables(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, g:
     if idx.shape[1] == 1 and bool((wts == 1).all()):
         out = flat[..., idx[:, 0]]
     else:
-        out = (flat[..., idx] * wts.to(x.dtype)).sum(-1)
+        out = tap_sum(flat[..., idx], wts.to(x.dtype))
     return out.reshape(x.shape)
 
 

@@ -14,6 +14,7 @@ view frame:      out[:, g] = conv2d(act(x, g⁻¹), weight)
 import torch
 
 from .._layout import unflatten_stack
+from ..groups import tap_sum
 from ..reference.common import conv2d
 
 
@@ -47,7 +48,7 @@ def gather_views(x, group, elements):
     views = flat.gather(3, idx.reshape(1, m, 1, H * W * T).expand(B, m, C, H * W * T))
     if group.exact:
         return views.reshape(B, m, C, H, W)
-    return (views.reshape(B, m, C, H * W, T) * wts[None, :, None]).sum(-1).reshape(B, m, C, H, W)
+    return tap_sum(views.reshape(B, m, C, H * W, T), wts[None, :, None]).reshape(B, m, C, H, W)
 
 
 def lift_conv(x, weight, bias, plan):
