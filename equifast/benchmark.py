@@ -19,11 +19,11 @@ Rooflines, both measured in the same run on the same device:
   * memory: ``bytes / median / copy_bandwidth`` where ``bytes`` = elements read and written at least
     once by the mode (forward: x + weight + out; backward: grad_out + x + weight + grad_x +
     grad_weight; forward+backward: both) times the element size, and ``copy_bandwidth`` =
-    2·N bytes / time of ``dst.copy_(src)`` on N-byte buffers far larger than the caches.
+    2·N bytes / best time of ``dst.copy_(src)`` on N-byte buffers larger than the caches.
   * compute: ``flops / median / matmul_throughput[dtype]`` where ``flops`` = 2·B·|G|·C_out·H'·W'·C_in'·kh·kw
     for the forward (C_in' = C_in for lift_conv, |G|·C_in for group_conv), twice that for the backward
-    (grad input + grad weight), three times for forward+backward; ``matmul_throughput`` = 2·n³ / time
-    of an n x n ``torch.mm`` of the same dtype (float32 on CUDA with TF32 allowed exactly when cuDNN
+    (grad input + grad weight), three times for forward+backward; ``matmul_throughput`` = 2·n³ / best
+    time of an n x n ``torch.mm`` of the same dtype (float32 on CUDA with TF32 allowed exactly when cuDNN
     convolutions may use it, ``torch.backends.cudnn.allow_tf32``).
 
 Scales: ``full`` (the standard shapes; meant for a GPU), ``cpu`` (the same cases with the batch cut
@@ -389,8 +389,9 @@ def measure_copy_bandwidth(device: str, nbytes: int, repeat: int = 5) -> Dict[st
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, repeat=repeat, min_sample_s=0.0, budget_s=5.0)
-    return {"bytes_per_s": 2 * src.numel() * 4 / t["median_s"], "buffer_bytes": src.numel() * 4,
-            "method": "dst.copy_(src), 2 * buffer bytes (read + write) / median time"}
+    return {"bytes_per_s": 2 * src.numel() * 4 / t["min_s"], "buffer_bytes": src.numel() * 4,
+            "median_bytes_per_s": 2 * src.numel() * 4 / t["median_s"],
+            "method": "dst.copy_(src): 2 * buffer bytes (read + write) / best time"}
 
 
 @contextlib.contextmanager
@@ -414,7 +415,8 @@ def measure_matmul(device: str, dtype: str, n: int, repeat: int = 5) -> Dict[str
     c = torch.empty(n, n, device=device, dtype=dt)
     with _matmul_tf32_like_convs(device, dt) as tf32:
         t = measure(lambda: torch.mm(a, b, out=c), device, repeat=repeat, min_sample_s=0.0, budget_s=5.0)
-    out = {"flops_per_s": 2 * n ** 3 / t["median_s"], "n": n, "method": f"torch.mm of {n}x{n} {dtype}"}
+    out = {"flops_per_s": 2 * n ** 3 / t["min_s"], "median_flops_per_s": 2 * n ** 3 / t["median_s"], "n": n,
+           "method": f"torch.mm of {n}x{n} {dtype}: 2 n^3 / best time"}
     if tf32 is not None:
         out["allow_tf32"] = tf32
     return out
@@ -446,6 +448,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def _run_quiet(cmd: Sequence[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()
@@ -467,6 +476,7 @@ def environment(device: str) -> Dict[str, object]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "loadavg_start": _loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -682,7 +692,9 @@ def write_markdown(path: str, result: Dict[str, object]) -> None:
               f"- device: {meta['device']} — {meta.get('device_name')}"
               + (f", driver {meta['driver']}, CUDA {meta.get('cuda')}, cuDNN {meta.get('cudnn')}"
                  if meta.get("driver") or meta.get("cuda") else ""),
-              f"- CPU: {meta['cpu']} ({meta['cpu_count']} CPUs, torch threads {meta['torch_threads']})",
+              f"- CPU: {meta['cpu']} ({meta['cpu_count']} CPUs, torch threads {meta['torch_threads']}); "
+              f"load average (1, 5, 15 min) at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}",
+              f"- elapsed: {meta.get('elapsed_s')} s",
               f"- torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}, "
               f"equifast {meta['equifast']} (git {str(meta.get('git_commit'))[:12]})",
               f"- scale: {meta['scale']}; backends: {', '.join(meta['backends_run'])}; repeat: {meta['repeat']}",
@@ -697,24 +709,27 @@ def write_markdown(path: str, result: Dict[str, object]) -> None:
     groups: Dict[tuple, Dict[str, dict]] = {}
     for r in records:
         groups.setdefault((r["case"], r["dtype"], r["layout"], r["mode"]), {})[r["backend"]] = r
+    ratio_cols = [(b, REFERENCE) for b in backends if b != REFERENCE] + \
+        [(b, PEER) for b in backends if b not in (REFERENCE, PEER)]
     lines += ["## Time per backend (median ms) and speedups", "",
-              "Speedups of the fastest non-baseline backend (or of torch, when no other ran) over the naive "
-              "looped lifting (reference) and over filter rotation + one conv2d (torch).", "",
+              "`X vs ref` = speedup of backend X over the naive looped lifting (reference backend), i.e. "
+              "time(reference) / time(X); `X vs torch` = the same over filter rotation + one conv2d (torch "
+              "backend); > 1 means X is faster.", "",
               "| case | shape | dtype | layout | mode | " + " | ".join(f"{b} ms" for b in backends)
-              + " | fastest | × vs reference | × vs torch |",
-              "|" + "---|" * (8 + len(backends))]
+              + "".join(f" | {b} vs {'ref' if base == REFERENCE else base}" for b, base in ratio_cols) + " |",
+              "|" + "---|" * (5 + len(backends) + len(ratio_cols))]
     for (case, dtype, layout, mode), by in groups.items():
         any_r = next(iter(by.values()))
         cells = [_fmt_ms(by[b]["median_ms"]) if b in by and by[b]["status"] == "ok" else
                  ("skip" if b in by and by[b]["status"] == "skipped" else ("err" if b in by else "–"))
                  for b in backends]
-        okb = {b: r for b, r in by.items() if r["status"] == "ok"}
-        cand = {b: r for b, r in okb.items() if b not in (REFERENCE, PEER)} or \
-            {b: r for b, r in okb.items() if b == PEER}
-        best = min(cand, key=lambda b: cand[b]["median_ms"]) if cand else None
+        ratios = []
+        for b, base in ratio_cols:
+            r = by.get(b)
+            field = "speedup_vs_reference" if base == REFERENCE else "speedup_vs_torch"
+            ratios.append(_fmt_x(r[field]) if r is not None and r["status"] == "ok" else "–")
         lines.append(f"| {case} | {any_r['shape']['label']} | {dtype} | {layout} | {mode} | " + " | ".join(cells)
-                     + f" | {best or '–'} | {_fmt_x(cand[best]['speedup_vs_reference']) if best else '–'}"
-                     f" | {_fmt_x(cand[best]['speedup_vs_torch']) if best else '–'} |")
+                     + "".join(f" | {x}" for x in ratios) + " |")
     lines += ["", "## All records", "",
               "| op | case | dtype | layout | mode | backend | median ms | × vs reference | × vs torch | "
               "memory roofline | compute roofline | TFLOP/s | GB/s |", "|" + "---|" * 13]
@@ -842,6 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the run (default: torch's choice; quick: 1, so that a shared "
                         "CI machine cannot stall OpenMP barriers)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the measured records of an earlier (interrupted or partial) run in --out and time only "
+                        "the missing ones; rooflines are those of the first run")
     p.add_argument("--no-train", action="store_true", help="skip the Figure3Net training step")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.add_argument("--notes", default="", help="free text stored in results.json and results.md")
@@ -875,30 +893,50 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, object]:
               "min_sample_s": 0.001 if scale == "quick" else 0.005,
               "budget_s": args.budget if args.budget is not None else (0.1 if scale == "quick" else 1.5)}
     os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "results.json")
     t_start = time.perf_counter()
     meta = environment(device)
-    meta.update({"command": "python -m equifast bench " + shlex.join(list(argv)), "argv": list(argv),
+    command = "python -m equifast bench " + shlex.join(list(argv))
+    meta.update({"command": command, "argv": list(argv),
                  "scale": scale, "backends_run": backends, "dtypes": dtypes, "repeat": repeat,
                  "timing": timing, "notes": args.notes})
-    print(f"equifast bench: {len(configs)} measurements on {meta['device_name']} ({device}), scale {scale}, "
-          f"backends {', '.join(backends)}", flush=True)
-    rooflines = measure_rooflines(device, dtypes, scale)
+    previous = _load_previous(json_path, device, scale) if args.resume else None
+    done: Dict[tuple, Dict[str, object]] = {}
+    if previous:
+        done = {_key(r): r for r in previous["records"] if r["status"] in ("ok", "skipped")}
+        meta["runs"] = previous["meta"].get("runs", [{"date": previous["meta"]["date"],
+                                                     "command": previous["meta"]["command"]}])
+        meta["notes"] = args.notes or previous["meta"].get("notes", "")
+    meta.setdefault("runs", []).append({"date": meta["date"], "command": command})
+    todo = [c for c in configs if _config_key(c) not in done]
+    print(f"equifast bench: {len(todo)} measurements on {meta['device_name']} ({device}), scale {scale}, "
+          f"backends {', '.join(backends)}" + (f" ({len(configs) - len(todo)} kept from {json_path})"
+                                                 if previous else ""), flush=True)
+    if previous:
+        rooflines = previous["rooflines"]      # keep the fractions of resumed records consistent
+    else:
+        rooflines = measure_rooflines(device, dtypes, scale)
     print(f"copy bandwidth {rooflines['copy']['bytes_per_s'] / 1e9:.1f} GB/s; matmul "
           + ", ".join(f"{d} {m['flops_per_s'] / 1e12:.3g} TFLOP/s" for d, m in rooflines["matmul"].items()),
           flush=True)
     result = {"schema": SCHEMA, "meta": meta, "rooflines": rooflines, "records": [], "training": []}
-    json_path = os.path.join(args.out, "results.json")
     for i, config in enumerate(configs):
-        rec = time_config(config, device, scale, timing)
+        rec = done.get(_config_key(config))
+        if rec is None:
+            rec = time_config(config, device, scale, timing)
+            print(f"[{todo.index(config) + 1}/{len(todo)}] " + _progress_line(rec), flush=True)
         result["records"].append(rec)
-        print(f"[{i + 1}/{len(configs)}] " + _progress_line(rec), flush=True)
-        if i + 1 == len(configs) or configs[i + 1].case != config.case:
-            add_derived(result["records"], rooflines)
-            _write_json(json_path, result)   # partial results survive an interrupted run
+        add_derived(result["records"], rooflines)
+        _write_json(json_path, result)   # partial results survive an interrupted run (see --resume)
     add_derived(result["records"], rooflines)
     if not args.no_train:
-        result["training"] = time_train_steps(backends, device, dtypes, scale, timing)
+        kept = [r for r in (previous or {}).get("training", []) if r["status"] in ("ok", "skipped")]
+        if kept and {(r["backend"], r["dtype"]) for r in kept} >= {(b, d) for b in backends for d in dtypes}:
+            result["training"] = kept
+        else:
+            result["training"] = time_train_steps(backends, device, dtypes, scale, timing)
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    meta["loadavg_end"] = _loadavg()
     if not args.no_plot:
         try:
             result["plots"] = write_plots(args.out, result)
@@ -909,6 +947,28 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, object]:
     print(f"wrote {json_path}, results.md" + (", " + ", ".join(result.get("plots", [])) if result.get("plots") else "")
           + f" in {meta['elapsed_s']} s", flush=True)
     return result
+
+
+def _key(r: Dict[str, object]) -> tuple:
+    return (r["case"], r["dtype"], r["layout"], r["mode"], r["backend"])
+
+
+def _config_key(c: Config) -> tuple:
+    return (c.case.name, c.dtype, c.layout, c.mode, c.backend)
+
+
+def _load_previous(path: str, device: str, scale: str) -> Optional[Dict[str, object]]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        previous = json.load(f)
+    meta = previous.get("meta", {})
+    if previous.get("schema") != SCHEMA or meta.get("scale") != scale or \
+            torch.device(meta.get("device", "cpu")).type != torch.device(device).type:
+        raise SystemExit(f"--resume: {path} holds a run with schema {previous.get('schema')}, scale "
+                         f"{meta.get('scale')} on {meta.get('device')}; this run is scale {scale} on {device}. "
+                         f"Use another --out.")
+    return previous
 
 
 def _write_json(path: str, result: Dict[str, object]) -> None:
