@@ -113,7 +113,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------
 # Launch configuration
 # ---------------------------------------------------------------------------
-INTERPRETER_META = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32)
+INTERPRETER_META = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128)  # few, large programs: the interpreter pays per op
 
 
 def gemm_configs():

@@ -279,7 +279,7 @@ def backward(grad_out, x, weight, plan, needs):
         kernel, meta = C.launcher(_lift_bwd_w_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
         tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
         splits = C.split_k(tiles, M, x.device)
-        chunk = triton.cdiv(triton.cdiv(M, splits), 64) * 64   # a multiple of every BLOCK_K
+        chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
         splits = triton.cdiv(M, chunk)
         part = torch.empty((splits, C_out, C_in, kh, kw), dtype=torch.float32, device=x.device)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)

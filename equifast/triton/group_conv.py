@@ -1,0 +1,285 @@
+"""Fused Triton group convolution: forward, grad input, grad weight (one launch each).
+
+s: [B, n, C_in, H, W], w: [C_out, n, C_in, kh, kw] -> y: [B, n, C_out, H', W'], with
+p = i·sh - pt + a·dh, q = j·sw - pl + c·dw.
+
+view frame       y[b,g] = Σ_h conv2d(s[b, g·h], w[:, h])
+canonical frame  y[b,g] = Σ_h conv2d(s[b, h], act(w[:, g⁻¹·h], g))
+Both read, for output copy g and summation slot h, the input slot I[g][h] and the weight slot
+S[g][h] (view: I = g·h, S = h; canonical: I = h, S = g⁻¹·h), the canonical frame reading the
+weight taps through the gather table of act(·, g). The Cayley-table shift is folded into the
+index math: no shifted stack or permuted filter bank is materialised.
+
+forward      implicit GEMM, rows = output pixels (b, i, j), columns = C_out,
+             K = (h, tap, ci) flattened (ci fastest); grid axis 1 = copy g.
+grad input   gs[b,h'] = Σ_g conv_transpose(dy[b, g], W_g) with weight slot g⁻¹·h' in both frames
+             (canonical: acted by g). Rows = input pixels, columns = C_in, K = (g, tap, co), in
+             gather form (no atomics); grid axis 1 = input slot h'.
+grad weight  gw[co,k,ci,tap'] = Σ_g Σ_t' T_g^T[tap',t'] Σ_{b,i,j} dy[b,g,co,i,j] · s[b, g·k, ci, p(tap), q(tap)]
+             (both frames read input slot g·k; the view frame has tap = tap', the canonical frame
+             the adjoint table of act(·, g)). Rows = C_out, columns = (k, tap', ci), reduction over
+             pixels, optionally split over grid axis 1 into float32 partials summed on the host.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common as C
+from ._common import gather_taps
+
+
+@triton.jit
+def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
+                      n, C_in, H, W, C_out, Ho, Wo, KW, KK,
+                      ssb, ssg, ssc, ssh, ssw, syb, syg, syc, syh, syw,
+                      sh, sw, pt, pl, dh, dw, M, K,
+                      W_MAP: tl.constexpr, TK: tl.constexpr, WEIGHTED: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_n = tl.cdiv(C_out, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < C_out
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    HoWo = Ho * Wo
+    bb = rm64 // HoWo
+    ii = (rm64 % HoWo) // Wo
+    jj = rm64 % Wo
+    KC = KK * C_in
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        h = rk // KC
+        tap = (rk % KC) // C_in
+        ci = (rk % C_in).to(tl.int64)
+        src_slot = tl.load(islot + g * n + h, mask=k_ok, other=0).to(tl.int64)
+        w_slot = tl.load(wslot + g * n + h, mask=k_ok, other=0).to(tl.int64)
+        ka = tap // KW
+        kc = tap % KW
+        p = ii[:, None] * sh - pt + ka[None, :] * dh
+        q = jj[:, None] * sw - pl + kc[None, :] * dw
+        ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
+        a = tl.load(s_ptr + bb[:, None] * ssb + (src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw,
+                    mask=ok, other=0.0)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
+        b = gather_taps(w_ptr, rn64[None, :] * (n * KC) + (w_slot * KC + ci * KK)[:, None], tap2, w_ok,
+                        ktab, kwt, g, KK, W_MAP, TK, WEIGHTED)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    offs = (bb * syb + g * syg + ii * syh + jj * syw)[:, None] + rn64[None, :] * syc
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _group_bwd_x_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
+                        n, C_in, H, W, C_out, Ho, Wo, KW, KK,
+                        sdb, sdg, sdc, sdh, sdw, sgb, sgg, sgc, sgh, sgw,
+                        sh, sw, pt, pl, dh, dw, M, K,
+                        W_MAP: tl.constexpr, TK: tl.constexpr, WEIGHTED: tl.constexpr, PREC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    hp = tl.program_id(1)                                # input slot h'
+    num_n = tl.cdiv(C_in, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < C_in
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    HW = H * W
+    bb = rm64 // HW
+    pix = rm64 % HW
+    vr = pix // W
+    vc = pix % W
+    KC = KK * C_out
+    KCin = KK * C_in
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):                     # K = (g, tap, co)
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        g = rk // KC
+        tap = (rk % KC) // C_out
+        co = (rk % C_out).to(tl.int64)
+        w_slot = tl.load(bx_slot + hp * n + g, mask=k_ok, other=0).to(tl.int64)
+        ka = tap // KW
+        kc = tap % KW
+        inum = vr[:, None] + pt - ka[None, :] * dh
+        jnum = vc[:, None] + pl - kc[None, :] * dw
+        inum_c = tl.maximum(inum, 0)
+        jnum_c = tl.maximum(jnum, 0)
+        ii = inum_c // sh
+        jj = jnum_c // sw
+        ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
+              & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
+        a = tl.load(dy_ptr + bb[:, None] * sdb + (g.to(tl.int64) * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw,
+                    mask=ok, other=0.0)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
+        g2 = tl.broadcast_to(g[:, None], (BLOCK_K, BLOCK_N))
+        b = gather_taps(w_ptr, (co * (n * KCin) + w_slot * KCin)[:, None] + rn64[None, :] * KK, tap2, w_ok,
+                        ktab, kwt, g2, KK, W_MAP, TK, WEIGHTED)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    offs = (bb * sgb + hp * sgg + vr * sgh + vc * sgw)[:, None] + rn64[None, :] * sgc
+    tl.store(gs_ptr + offs, acc.to(gs_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
+                        n, C_in, H, W, C_out, Ho, Wo, KW, KK,
+                        sdb, sdg, sdc, sdh, sdw, ssb, ssg, ssc, ssh, ssw,
+                        sh, sw, pt, pl, dh, dw, M, N, CHUNK,
+                        W_MAP: tl.constexpr, TT: tl.constexpr, WEIGHTED: tl.constexpr, PREC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)      # C_out
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (k, tap', ci)
+    m_ok = rm < C_out
+    n_ok = rn < N
+    rm64 = rm.to(tl.int64)
+    KC = KK * C_in
+    kslot = rn // KC
+    tapp = (rn % KC) // C_in
+    ci = (rn % C_in).to(tl.int64)
+    HoWo = Ho * Wo
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, n):
+        src_slot = tl.load(bw_slot + g * n + kslot, mask=n_ok, other=0).to(tl.int64)
+        for t in range(0, TT):
+            if W_MAP:
+                row = (g * KK + tapp) * TT + t
+                tap = tl.load(ttab + row, mask=n_ok, other=0)
+                cw = tl.load(twt + row, mask=n_ok, other=0.0)
+            else:
+                tap = tapp
+                cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
+            ka = tap // KW
+            kc = tap % KW
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, CHUNK, BLOCK_K):
+                rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < M
+                rk64 = rk.to(tl.int64)
+                bb = rk64 // HoWo
+                ii = (rk64 % HoWo) // Wo
+                jj = rk64 % Wo
+                a = tl.load(dy_ptr + rm64[:, None] * sdc + (bb * sdb + g * sdg + ii * sdh + jj * sdw)[None, :],
+                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                p = ii[:, None] * sh - pt + ka[None, :] * dh
+                q = jj[:, None] * sw - pl + kc[None, :] * dw
+                ok = k_ok[:, None] & n_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
+                b = tl.load(s_ptr + bb[:, None] * ssb + (src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw,
+                            mask=ok, other=0.0)
+                part = tl.dot(a, b, part, input_precision=PREC)
+            if W_MAP and WEIGHTED:
+                acc += part * cw[None, :]
+            else:
+                acc += part
+    offs = split.to(tl.int64) * C_out * N + rm64[:, None] * N + (kslot.to(tl.int64) * KC + ci * KK + tapp)[None, :]
+    tl.store(gw_ptr + offs, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+# ---------------------------------------------------------------------------
+# Host wrappers
+# ---------------------------------------------------------------------------
+def _slot_tables(group, frame, device):
+    n, cay, inv = group.order, group.cayley, group.inverse
+    if frame == "view":
+        islot = [[cay[g][h] for h in range(n)] for g in range(n)]
+        wslot = [[h for h in range(n)] for g in range(n)]
+    else:
+        islot = [[h for h in range(n)] for g in range(n)]
+        wslot = [[cay[inv[g]][h] for h in range(n)] for g in range(n)]
+    bx = [[cay[inv[g]][hp] for g in range(n)] for hp in range(n)]     # [h'][g]: weight slot g⁻¹·h'
+    bw = [[cay[g][k] for k in range(n)] for g in range(n)]            # [g][k]: input slot g·k
+    return {name: C.int_table(t, device) for name, t in
+            (("islot", islot), ("wslot", wslot), ("bx", bx), ("bw", bw))}
+
+
+def _kernel_map(plan, kh, kw, device, transposed):
+    if plan.frame == "canonical":
+        return C.gather_table(plan.group, kh, kw, list(range(plan.order)), device, transposed=transposed), True
+    return (C.dummy(device), C.dummy(device, torch.float32)), False
+
+
+def _out_stack(s, shape):
+    from .._layout import empty_stack, is_channels_last
+    return empty_stack(shape, is_channels_last(s), dtype=s.dtype, device=s.device)
+
+
+def forward(s, weight, bias, plan):
+    B, n, C_in, H, W = s.shape
+    C_out, _, _, kh, kw = weight.shape
+    Ho, Wo = plan.out_size(H, W, kh, kw)
+    y = _out_stack(s, (B, n, C_out, Ho, Wo))
+    M, K = B * Ho * Wo, n * kh * kw * C_in
+    if M == 0 or C_out == 0:
+        return y.zero_()
+    weight = weight.contiguous()
+    slots = _slot_tables(plan.group, plan.frame, s.device)
+    (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
+    (sh, sw), (dh, dw) = plan.stride, plan.dilation
+    pt, _, pl, _ = plan.padding
+    kernel, meta = C.launcher(_group_fwd_kernel, ("M", "K", "C_out", "W_MAP", "WEIGHTED"))
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
+    kernel[grid](s, weight, bias if bias is not None else weight, y, slots["islot"], slots["wslot"], ktab, kwt,
+                 n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
+                 *s.stride(), *y.stride(), sh, sw, pt, pl, dh, dw, M, K,
+                 W_MAP=w_map, TK=ktab.shape[-1] if w_map else 1, WEIGHTED=not plan.group.exact,
+                 HAS_BIAS=bias is not None, PREC=C.dot_precision(s.dtype), **meta)
+    return y
+
+
+def backward(grad_out, s, weight, plan, needs):
+    B, n, C_in, H, W = s.shape
+    C_out, _, _, kh, kw = weight.shape
+    Ho, Wo = grad_out.shape[-2:]
+    weight = weight.contiguous()
+    (sh, sw), (dh, dw) = plan.stride, plan.dilation
+    pt, _, pl, _ = plan.padding
+    prec = C.dot_precision(s.dtype)
+    weighted = not plan.group.exact
+    slots = _slot_tables(plan.group, plan.frame, s.device)
+    gs = gw = None
+    if needs[0]:
+        gs = _out_stack(s, s.shape)
+        M, K = B * H * W, n * kh * kw * C_out
+        (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
+        kernel, meta = C.launcher(_group_bwd_x_kernel, ("M", "K", "C_in", "W_MAP", "WEIGHTED"))
+        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]), n)
+        kernel[grid](grad_out, weight, gs, slots["bx"], ktab, kwt,
+                     n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
+                     *grad_out.stride(), *gs.stride(), sh, sw, pt, pl, dh, dw, M, K,
+                     W_MAP=w_map, TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
+    if needs[1]:
+        M, N = B * Ho * Wo, n * kh * kw * C_in
+        (ttab, twt), w_map = _kernel_map(plan, kh, kw, s.device, True)
+        kernel, meta = C.launcher(_group_bwd_w_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
+        tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
+        splits = C.split_k(tiles, M, s.device)
+        chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
+        splits = triton.cdiv(M, chunk)
+        part = torch.empty((splits, C_out, n, C_in, kh, kw), dtype=torch.float32, device=s.device)
+        grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
+        kernel[grid](grad_out, s, part, slots["bw"], ttab, twt,
+                     n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
+                     *grad_out.stride(), *s.stride(), sh, sw, pt, pl, dh, dw, M, N, chunk,
+                     W_MAP=w_map, TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
+        gw = (part[0] if splits == 1 else part.sum(0)).to(weight.dtype)
+    return gs, gw, None
