@@ -13,7 +13,8 @@ Custom ops (namespace ``equifast``), each with a fake kernel and registered auto
 an explicit name, or the ``EQUIFAST_BACKEND`` override) and calls that backend, so every backend
 (reference, torch, triton, cuda, cpu) sits behind the same two ops. Backends with their own
 backward kernels run it through the ``*_backward`` ops; the plain-PyTorch backends are
-differentiated by autograd through their forward, recomputed in the backward callback.
+differentiated inside the backward op by ``torch.func.vjp`` through their forward (so the backward,
+too, is one opaque op under torch.compile / export).
 """
 from __future__ import annotations
 
@@ -77,28 +78,51 @@ def _(s, weight, bias, group, stride, padding, dilation, frame, backend):
 # ---------------------------------------------------------------------------
 # Backward ops (for backends with their own backward kernels)
 # ---------------------------------------------------------------------------
+def _vjp_backward(kind, impl, grad_out, inp, weight, plan, mask):
+    """Gradients of a plain-PyTorch backend's forward by torch.func.vjp (autograd proper is switched
+    off inside op implementations; functorch's transforms are not)."""
+    forward = getattr(impl, kind)
+    if mask[0] and mask[1]:
+        _, vjp = torch.func.vjp(lambda i, w: forward(i, w, None, plan), inp, weight)
+        return vjp(grad_out) + (None,)
+    if mask[0]:
+        _, vjp = torch.func.vjp(lambda i: forward(i, weight, None, plan), inp)
+        return vjp(grad_out)[0], None, None
+    _, vjp = torch.func.vjp(lambda w: forward(inp, w, None, plan), weight)
+    return None, vjp(grad_out)[0], None
+
+
 def _backward(kind: str, grad_out, inp, weight, plan, backend, mask):
-    impl = _backends.resolve(backend, plan, inp, weight, kind)
-    grad_out = stack_like(grad_out, is_channels_last(grad_out))
-    gx, gw, gb = getattr(impl, kind + "_backward")(grad_out, inp, weight, plan, tuple(mask))
-    if mask[2] and gb is None:
-        gb = grad_out.sum(dim=(0, 1, 3, 4))
-    empty = inp.new_empty(0)
-    return (same_layout(gx, inp) if mask[0] else empty,
-            gw.contiguous() if mask[1] else empty,
-            gb if mask[2] else empty)
+    mask = tuple(bool(m) for m in mask)
+    if inp.numel() == 0 or weight.shape[0] == 0:
+        gx, gw = torch.zeros_like(inp), torch.zeros_like(weight)
+        gb = grad_out.new_zeros(weight.shape[0])
+    else:
+        impl = _backends.resolve(backend, plan, inp, weight, kind)
+        grad_out = stack_like(grad_out, is_channels_last(grad_out))
+        if hasattr(impl, kind + "_backward"):
+            gx, gw, gb = getattr(impl, kind + "_backward")(grad_out, inp, weight, plan, mask)
+        elif mask[0] or mask[1]:
+            gx, gw, gb = _vjp_backward(kind, impl, grad_out, inp, weight, plan, mask)
+        else:
+            gx = gw = gb = None
+        if mask[2] and gb is None:
+            gb = grad_out.sum(dim=(0, 1, 3, 4))
+    # outputs must not alias each other: a fresh empty tensor for each gradient not asked for
+    return (same_layout(gx, inp) if mask[0] else inp.new_empty(0),
+            gw.contiguous() if mask[1] else inp.new_empty(0),
+            gb if mask[2] else inp.new_empty(0))
 
 
 def _fake_backward(grad_out, inp, weight, mask):
-    empty = inp.new_empty(0)
-    gx = empty
+    gx = inp.new_empty(0)
     if mask[0]:
         gx = empty_stack(inp.shape, is_channels_last(inp), dtype=inp.dtype, device=inp.device) if inp.dim() == 5 \
             else torch.empty_like(inp, memory_format=torch.channels_last if is_channels_last(inp)
                                   else torch.contiguous_format)
     return (gx,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else empty,
-            inp.new_empty(weight.shape[0]) if mask[2] else empty)
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else inp.new_empty(0),
+            inp.new_empty(weight.shape[0]) if mask[2] else inp.new_empty(0))
 
 
 @torch.library.custom_op("equifast::lift_conv_backward", mutates_args=())
@@ -136,39 +160,20 @@ def _setup_context(ctx, inputs, output):
     ctx.schema_args = (group, stride, padding, dilation, frame, backend)
 
 
-def _recompute_backward(kind, impl, grad_out, inp, weight, bias, plan, mask):
-    """Autograd through a plain-PyTorch backend's forward, recomputed here."""
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(m) if t is not None else None for t, m in zip((inp, weight, bias), mask)]
-        out = getattr(impl, kind)(leaves[0], leaves[1], leaves[2], plan)
-        wanted = [t for t, m in zip(leaves, mask) if m]
-        grads = list(torch.autograd.grad(out, wanted, grad_out)) if wanted else []
-    return tuple(grads.pop(0) if m else None for m in mask)
-
-
-def _make_backward(kind, backward_op):
+def _make_backward(backward_op):
     def backward(ctx, grad_out):
         inp, weight, bias = ctx.saved_tensors
-        group, stride, padding, dilation, frame, backend = ctx.schema_args
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
-        nones = (None,) * 6
-        if not any(mask):
-            return (None, None, None) + nones
-        plan = plan_from_schema(group, stride, padding, dilation, frame)
-        if inp.numel() == 0:
-            gx, gw, gb = torch.zeros_like(inp), torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias)
-        else:
-            impl = _backends.resolve(backend, plan, inp, weight, kind)
-            if hasattr(impl, kind + "_backward"):
-                gx, gw, gb = backward_op(grad_out, inp, weight, group, stride, padding, dilation, frame, backend, mask)
-            else:
-                gx, gw, gb = _recompute_backward(kind, impl, grad_out, inp, weight, bias, plan, mask)
-        return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + nones
+        grads = (None, None, None)
+        if any(mask):
+            gx, gw, gb = backward_op(grad_out, inp, weight, *ctx.schema_args, mask)
+            grads = tuple(g if m else None for g, m in zip((gx, gw, gb), mask))
+        return grads + (None,) * 6
     return backward
 
 
-_lift_conv_op.register_autograd(_make_backward("lift_conv", _lift_conv_backward_op), setup_context=_setup_context)
-_group_conv_op.register_autograd(_make_backward("group_conv", _group_conv_backward_op), setup_context=_setup_context)
+_lift_conv_op.register_autograd(_make_backward(_lift_conv_backward_op), setup_context=_setup_context)
+_group_conv_op.register_autograd(_make_backward(_group_conv_backward_op), setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------
@@ -176,6 +181,8 @@ _group_conv_op.register_autograd(_make_backward("group_conv", _group_conv_backwa
 # ---------------------------------------------------------------------------
 def _autocast(*tensors):
     """Cast float32 tensors to the autocast dtype, as conv2d does under torch.autocast."""
+    if not isinstance(tensors[0], torch.Tensor):
+        return tensors
     device_type = tensors[0].device.type
     if not torch.is_autocast_enabled(device_type):
         return tensors
@@ -202,16 +209,15 @@ def lift_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group
     Returns:
         [B, n, C_out, H', W'] with n = |G| (channels_last stack when x is channels_last).
     """
-    backend_name = backend
-    _backends.check_name(backend_name, "lift_conv")
+    _backends.check_name(backend, "lift_conv")
+    x, weight, bias = _autocast(x, weight, bias)
     check_tensors("lift_conv", x, "x", weight, bias)
     if weight.dim() != 4:
         raise ValueError(f"lift_conv: expected weight of shape [C_out, C_in, kh, kw] (4-D), "
                          f"got {weight.dim()}-D shape {list(weight.shape)}")
     plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "lift_conv")
     check_lift(x, weight, bias, plan)
-    x, weight, bias = _autocast(x, weight, bias)
-    return _lift_conv_op(x, weight, bias, *plan.schema_args(), backend_name)
+    return _lift_conv_op(x, weight, bias, *plan.schema_args(), backend)
 
 
 def group_conv(s: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group="C4", stride=1, padding=0,
@@ -231,11 +237,11 @@ def group_conv(s: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, grou
         [B, n, C_out, H', W'].
     """
     _backends.check_name(backend, "group_conv")
+    s, weight, bias = _autocast(s, weight, bias)
     check_tensors("group_conv", s, "s", weight, bias)
     if weight.dim() != 5:
         raise ValueError(f"group_conv: expected weight of shape [C_out, n, C_in, kh, kw] (5-D), "
                          f"got {weight.dim()}-D shape {list(weight.shape)}")
     plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "group_conv")
     check_group(s, weight, bias, plan)
-    s, weight, bias = _autocast(s, weight, bias)
     return _group_conv_op(s, weight, bias, *plan.schema_args(), backend)

@@ -25,6 +25,15 @@ def permuted_filter_bank(weight, group, frame):
 
 def group_conv(s, weight, bias, plan):
     n = plan.group.order
+    B, _, C_in, H, W = s.shape
     bank = permuted_filter_bank(weight, plan.group, plan.frame)
-    y = conv2d(flatten_stack(s), bank, None if bias is None else bias.repeat(n), plan)
+    if not s.is_contiguous() and s.transpose(1, 2).is_contiguous():
+        # field-major [B, C_in, n, H, W] memory (escnn / GrouPy): read it as (channel, group)
+        # channels and reorder the bank's input channels instead of copying the input
+        inp = s.transpose(1, 2).reshape(B, C_in * n, H, W)
+        bank = bank.reshape(n * weight.shape[0], n, C_in, *bank.shape[-2:]).transpose(1, 2) \
+                   .reshape(n * weight.shape[0], C_in * n, *bank.shape[-2:])
+    else:
+        inp = flatten_stack(s)
+    y = conv2d(inp, bank, None if bias is None else bias.repeat(n), plan)
     return unflatten_stack(y, n)
