@@ -343,9 +343,13 @@ class EquivariantLinear(nn.Module):
     entry and bias entry ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = N * in_channels.
     """
 
+    MODES = ("auto", "dense", "basis")
+
     def __init__(self, in_action: Action, out_action: Action, in_channels: int, out_channels: int,
-                 bias: bool = True, device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None, mode: str = "auto"):
         super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"EquivariantLinear: mode must be one of {self.MODES}, got {mode!r}")
         if not isinstance(in_action, Action) or not isinstance(out_action, Action):
             raise TypeError("EquivariantLinear: in_action and out_action must be equifast.parameter_sharing.Action "
                             f"objects, got {type(in_action).__name__} and {type(out_action).__name__}")
@@ -366,6 +370,14 @@ class EquivariantLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(self.num_bias_orbits, self.out_channels, **factory))
         else:
             self.register_parameter("bias", None)
+        M, N, Co, Ci = self.out_size, self.in_size, self.out_channels, self.in_channels
+        if mode == "auto":  # per-sample multiply-adds: basis K*M*Ci*(N + Co) vs dense M*N*Ci*Co
+            mode = "basis" if k * (N + Co) * 4 <= N * Co else "dense"
+        self.mode = mode
+        if mode == "basis":
+            onehot = torch.zeros(k * M, N, device=device, dtype=dtype or torch.get_default_dtype())
+            onehot.view(k, M * N).scatter_(0, edge.reshape(1, -1).to(onehot.device), 1.0)
+            self.register_buffer("orbit_basis", onehot, persistent=False)
         self._cache = None
         self.reset_parameters()
 
@@ -381,7 +393,7 @@ class EquivariantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_size={self.in_size}, out_size={self.out_size}, in_channels={self.in_channels}, "
-                f"out_channels={self.out_channels}, edge_orbits={self.num_edge_orbits}, "
+                f"out_channels={self.out_channels}, edge_orbits={self.num_edge_orbits}, mode={self.mode}, "
                 f"bias_orbits={self.num_bias_orbits if self.bias is not None else 0}, "
                 f"in_action={self.in_action.name}, out_action={self.out_action.name}")
 
@@ -466,12 +478,30 @@ class EquivariantLinear(nn.Module):
             raise ValueError(f"EquivariantLinear: expected input [..., N={N}, in_channels={Ci}], "
                              f"got shape {tuple(x.shape)}{hint}")
         lead = x.shape[:-2]
+        if self.mode == "basis":
+            return self._forward_basis(x.reshape(-1, N, Ci)).reshape(*lead, self.out_size, self.out_channels)
         W, b = self._dense()
         if not torch.is_autocast_enabled(x.device.type) and x.dtype != W.dtype:
             raise ValueError(f"EquivariantLinear: input dtype {x.dtype} does not match the parameters' "
                              f"{W.dtype} (convert the layer with .to({x.dtype}) or the input)")
         y = F.linear(x.reshape(-1, N * Ci), W, b)
         return y.reshape(*lead, self.out_size, self.out_channels)
+
+
+    def _forward_basis(self, x: Tensor) -> Tensor:
+        """y[b, m] = sum_k P_k @ (sum_{n in orbit k of row m} x[b, n]): two matmuls, no dense weight."""
+        M, N, Co, Ci, K = self.out_size, self.in_size, self.out_channels, self.in_channels, self.num_edge_orbits
+        if not torch.is_autocast_enabled(x.device.type) and x.dtype != self.weight.dtype:
+            raise ValueError(f"EquivariantLinear: input dtype {x.dtype} does not match the parameters' "
+                             f"{self.weight.dtype} (convert the layer with .to({x.dtype}) or the input)")
+        B = x.shape[0]
+        basis = self.orbit_basis if self.orbit_basis.dtype == x.dtype else self.orbit_basis.to(x.dtype)
+        z = torch.mm(basis, x.permute(1, 0, 2).reshape(N, B * Ci))                   # [K*M, B*Ci]
+        z = z.reshape(K, M, B, Ci).permute(2, 1, 0, 3).reshape(B * M, K * Ci)
+        w = self.weight.permute(0, 2, 1).reshape(K * Ci, Co)                         # [K*Ci, Co]
+        y = torch.mm(z, w).reshape(B, M, Co)
+        b = self.dense_bias()
+        return y if b is None else y + b.to(y.dtype)
 
 
 class DeepSets(nn.Module):

@@ -73,9 +73,9 @@ def burnside_pairs(perms_in, perms_out):
     return total // perms_in.shape[0]
 
 
-def rand_layer(in_a, out_a, ci=2, co=3, bias=True, seed=0):
+def rand_layer(in_a, out_a, ci=2, co=3, bias=True, seed=0, mode="auto"):
     torch.manual_seed(seed)
-    layer = EquivariantLinear(in_a, out_a, ci, co, bias=bias).to(DT)
+    layer = EquivariantLinear(in_a, out_a, ci, co, bias=bias, mode=mode).to(DT)
     with torch.no_grad():  # generic parameters (not just the init distribution)
         layer.weight.normal_()
         if layer.bias is not None:
@@ -155,6 +155,32 @@ def test_builtin_equivariance_and_orbits(name):
     out_orbits = torch.unique((E[:, in_a.size:] - in_a.size).min(0).values, return_inverse=True)[1]
     assert torch.equal(layer.bias_orbit, out_orbits)
     assert sum(p.numel() for p in layer.parameters()) == 6 * layer.num_edge_orbits + 3 * layer.num_bias_orbits
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_basis_mode_matches_dense(name):
+    """The two forward paths (dense gather + matmul, orbit basis + two matmuls) agree, with grads."""
+    in_a, out_a = PAIRS[name]
+    dense = rand_layer(in_a, out_a, mode="dense")
+    basis = rand_layer(in_a, out_a, mode="basis")
+    assert dense.mode == "dense" and basis.mode == "basis"
+    basis.load_state_dict(dense.state_dict())
+    x = torch.randn(3, in_a.size, 2, dtype=DT)
+    yd, yb = dense(x), basis(x)
+    torch.testing.assert_close(yb, yd, rtol=1e-12, atol=1e-12)
+    (yd * yd).sum().backward()
+    (yb * yb).sum().backward()
+    torch.testing.assert_close(basis.weight.grad, dense.weight.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(basis.bias.grad, dense.bias.grad, rtol=1e-10, atol=1e-10)
+    check_equivariant(basis, in_a, out_a)
+
+
+def test_auto_mode_choice():
+    s = ps.symmetric(50)
+    assert EquivariantLinear(s, s, 32, 32).mode == "basis"      # 2 orbits, many channels
+    assert EquivariantLinear(s, s, 1, 1).mode == "dense"
+    a = ps.image_action("C4", 5)
+    assert EquivariantLinear(a, a, 32, 32).mode == "dense"      # 157 orbits
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -409,9 +435,10 @@ def test_c4_image_to_image_layer_is_symmetrised_conv(k):
 # ---------------------------------------------------------------------------
 # Autograd, cache, dtypes, AMP, state
 # ---------------------------------------------------------------------------
-def test_gradcheck_float64():
+@pytest.mark.parametrize("mode", ["dense", "basis"])
+def test_gradcheck_float64(mode):
     a = ps.image_action("D2", 2, 3)
-    layer = rand_layer(a, ps.regular("D2"), ci=2, co=2)
+    layer = rand_layer(a, ps.regular("D2"), ci=2, co=2, mode=mode)
     x = torch.randn(2, 6, 2, dtype=DT, requires_grad=True)
     w = layer.weight.detach().clone().requires_grad_()
     b = layer.bias.detach().clone().requires_grad_()
@@ -433,7 +460,7 @@ def test_gradcheck_float64():
 def test_eval_cache_identical_and_invalidated():
     s = ps.symmetric(6)
     torch.manual_seed(0)
-    layer = EquivariantLinear(s, s, 3, 4)
+    layer = EquivariantLinear(s, s, 3, 4, mode="dense")
     x = torch.randn(5, 6, 3)
     y_train = layer(x)
     assert layer._cache is None                    # no caching in train mode
@@ -466,9 +493,10 @@ def test_eval_cache_identical_and_invalidated():
         assert torch.equal(layer(x), torch.zeros(5, 6, 4))
 
 
-def test_dtypes_amp_batching_state():
+@pytest.mark.parametrize("mode", ["dense", "basis"])
+def test_dtypes_amp_batching_state(mode):
     a = ps.image_action("C4", 3)
-    layer = EquivariantLinear(a, a, 2, 3)
+    layer = EquivariantLinear(a, a, 2, 3, mode=mode)
     x = torch.randn(4, 9, 2)
     y = layer(x)
     assert y.shape == (4, 9, 3) and y.dtype == torch.float32
@@ -487,7 +515,7 @@ def test_dtypes_amp_batching_state():
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), y, rtol=5e-2, atol=5e-2)
     # state dict round trip (orbit indices are recomputed, not stored)
-    other = EquivariantLinear(a, a, 2, 3)
+    other = EquivariantLinear(a, a, 2, 3, mode=mode)
     other.load_state_dict(layer.state_dict())
     torch.testing.assert_close(other(x), y)
     assert set(layer.state_dict()) == {"weight", "bias"}
