@@ -110,7 +110,7 @@ def conv_case(draw, op, group=None, dtypes=(torch.float32, torch.float64), tiny=
     return dict(
         op=op, group=group, frame=frame, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation,
         B=B, C_in=C_in, C_out=C_out, H=H, W=W, n=n, bias=draw(st.booleans()),
-        dtype=draw(st.sampled_from(dtypes)),
+        dtype=draw(st.sampled_from(dtypes[:1] if tiny else dtypes)),  # interpreted: float32 only
         x_layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced", "expanded"]
                                       + (["field_major"] if op == "group_conv" else ["permuted"]))),
         w_layout=draw(st.sampled_from(["contiguous", "contiguous", "permuted", "sliced"])),
