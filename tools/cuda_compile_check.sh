@@ -1,6 +1,52 @@
 #!/usr/bin/env bash
-# Placeholder until the C++/CUDA extension lands (issue 4): there are no CUDA sources yet.
+# Compile equifast's CUDA sources without a GPU, so that a broken .cu fails CI.
+#
+# Creates (or reuses) a separate venv .venv-cuda with torch==2.14.1 (a CUDA 13.0 build) and compiles
+# csrc/ (CPU + CUDA sources) with the machine's nvcc into a temporary directory; the in-place
+# CPU build of the main venv is left alone. Env: CUDA_HOME (default /usr/local/cuda),
+# TORCH_CUDA_ARCH_LIST (default 9.0), PYTHON (default python3), MAX_JOBS (default: cores),
+# EQUIFAST_CUDA_VENV (default .venv-cuda), KEEP_BUILD=1 keeps the build directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ls csrc/cuda/*.cu >/dev/null 2>&1; then echo "no CUDA sources under csrc/cuda: nothing to do"; exit 0; fi
-echo "CUDA sources present but this script was not written yet" >&2; exit 1
+start=$(date +%s)
+say() { echo "[cuda-compile-check +$(( $(date +%s) - start ))s] $*"; }
+
+if ! ls csrc/cuda/*.cu >/dev/null 2>&1; then say "no CUDA sources under csrc/cuda: nothing to do"; exit 0; fi
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+NVCC="$CUDA_HOME/bin/nvcc"
+if [ ! -x "$NVCC" ]; then say "ERROR: nvcc not found at $NVCC (set CUDA_HOME)"; exit 2; fi
+say "nvcc: $("$NVCC" --version | tail -n 2 | head -n 1)"
+
+VENV="${EQUIFAST_CUDA_VENV:-.venv-cuda}"
+PY="$VENV/bin/python"
+TORCH_VERSION=2.14.1
+if [ ! -x "$PY" ]; then
+  say "creating $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') and torch.version.cuda else 1)" 2>/dev/null; then
+  say "installing torch==$TORCH_VERSION (CUDA build), numpy, ninja, setuptools, wheel into $VENV"
+  "$PY" -m pip install -q "torch==$TORCH_VERSION" numpy ninja setuptools wheel
+fi
+say "torch $("$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
+
+# Headers torch's CUDA build expects from the nvidia-* wheels (cu13 layout), next to CUDA_HOME's.
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for inc in "$SITE/nvidia/cu13/include" "$SITE"/nvidia/*/include; do
+  if [ -d "$inc" ]; then export CPATH="${CPATH:+$CPATH:}$inc"; fi
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/equifast-cuda-check.XXXXXX")
+if [ "${KEEP_BUILD:-0}" != "1" ]; then trap 'rm -rf "$TMP"' EXIT; fi
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+say "compiling $(ls csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu 2>/dev/null | tr '\n' ' ')for sm_${TORCH_CUDA_ARCH_LIST/./} (MAX_JOBS=$MAX_JOBS) into $TMP"
+EQUIFAST_BUILD_CUDA=1 PATH="$(dirname "$PY"):$CUDA_HOME/bin:$PATH" \
+  "$PY" setup.py -q build_ext --build-temp "$TMP/temp" --build-lib "$TMP/lib" >"$TMP/build.log" 2>&1 || {
+  grep -E "error|Error" "$TMP/build.log" | head -n 60 || true
+  echo "---- last lines of the build log ----"; tail -n 40 "$TMP/build.log"
+  say "FAILED: the CUDA sources do not compile"; exit 1; }
+SO=$(find "$TMP/lib" -name '_C*.so' | head -n 1)
+if [ -z "$SO" ]; then say "FAILED: no equifast/_C*.so produced"; exit 1; fi
+if ! nm -DC "$SO" | grep -q "cuda"; then say "FAILED: $SO has no CUDA symbols"; exit 1; fi
+say "OK: built $(basename "$SO") ($(du -h "$SO" | cut -f1)) with CUDA kernels; $(grep -c -i warning "$TMP/build.log" || true) warning lines"

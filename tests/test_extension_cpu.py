@@ -1,0 +1,252 @@
+"""The compiled CPU kernels (backend "cpu", ops equifast_C::*) against the reference backend.
+
+Skipped, with the reason, when equifast._C is not built (``make build``; ``make test`` builds it)."""
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import equifast
+from equifast import groups
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from equifast import extension as ext
+    _OK, _REASON = ext.load()
+if not _OK:
+    pytest.skip(f"equifast._C is not available: {_REASON}", allow_module_level=True)
+
+from equifast.extension import cpu as cpu_backend  # noqa: E402
+
+EXACT = ("C1", "C2", "C4", "D1", "D2", "D4")
+FRAMES = ("view", "canonical")
+OPS = ("lift_conv", "group_conv")
+# (H, W, k, kw, stride, padding, dilation): odd / even kernels, stride, padding (incl. 4-tuple), dilation
+CONFIGS = [
+    (7, 7, 3, 3, 1, 1, 1),
+    (8, 8, 2, 2, 1, 0, 1),
+    (9, 9, 3, 3, 2, (1, 2, 0, 1), 1),
+    (8, 8, 4, 4, 1, 2, 2),
+    (10, 10, 3, 3, (2, 1), 1, (1, 2)),
+]
+
+
+def _problem(op, group, H, W, k, kw, B=2, C_in=3, C_out=5, dtype=torch.float64, seed=0, bias=True):
+    gen = torch.Generator().manual_seed(seed)
+    n = groups.get(group).order
+    if op == "lift_conv":
+        x = torch.randn(B, C_in, H, W, generator=gen, dtype=torch.float64)
+        w = torch.randn(C_out, C_in, k, kw, generator=gen, dtype=torch.float64)
+    else:
+        x = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
+        w = torch.randn(C_out, n, C_in, k, kw, generator=gen, dtype=torch.float64)
+    b = torch.randn(C_out, generator=gen, dtype=torch.float64) if bias else None
+    return x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
+
+
+def _channels_last(t):
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+
+
+def _is_cl_stack(t):
+    return (not t.is_contiguous()) and t.permute(0, 3, 4, 1, 2).is_contiguous()
+
+
+def _fwd_bwd(op, x, w, b, **kw):
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    out = getattr(equifast, op)(*leaves, **kw)
+    gen = torch.Generator().manual_seed(7)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    out.backward(gy)
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _close(a, b, dtype):
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("group", EXACT)
+@pytest.mark.parametrize("frame", FRAMES)
+def test_forward_backward_matches_reference(op, group, frame):
+    """Every exact group, both frames, both ops, strides / paddings / dilations / even kernels (float64)."""
+    for ci, (H, W, k, kw, stride, padding, dilation) in enumerate(CONFIGS):
+        x, w, b = _problem(op, group, H, W, k, kw, seed=ci)
+        kwargs = dict(group=group, frame=frame, stride=stride, padding=padding, dilation=dilation)
+        ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
+        out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
+        _close(out, ref, torch.float64)
+        for got, want in zip(grads, ref_grads):
+            _close(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("group", ("C4", "D4", "D1"))
+@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_float32_layouts(op, group, frame, layout):
+    x, w, b = _problem(op, group, 9, 9, 3, 3, dtype=torch.float32, C_in=4, C_out=6)
+    if layout == "channels_last":
+        x = _channels_last(x)
+    kwargs = dict(group=group, frame=frame, padding=1, stride=(1, 2))
+    ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
+    out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
+    assert out.dtype == torch.float32
+    assert _is_cl_stack(out) == (layout == "channels_last")
+    _close(out, ref, torch.float32)
+    for got, want in zip(grads, ref_grads):
+        _close(got, want, torch.float32)
+    if layout == "channels_last":  # grad input comes back in the input's layout
+        assert not grads[0].is_contiguous()
+
+
+def test_non_square_for_groups_without_quarter_turns():
+    for group, frame in itertools.product(("C2", "D2", "D1"), FRAMES):
+        for op in OPS:
+            x, w, b = _problem(op, group, 6, 9, 3, 2)
+            kwargs = dict(group=group, frame=frame, padding=(1, 2))
+            ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
+            out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
+            _close(out, ref, torch.float64)
+            for got, want in zip(grads, ref_grads):
+                _close(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("op,group,frame", [("lift_conv", "C4", "view"), ("lift_conv", "D4", "canonical"),
+                                            ("group_conv", "D2", "view"), ("group_conv", "C4", "canonical")])
+def test_gradcheck_float64(op, group, frame):
+    x, w, b = _problem(op, group, 5, 5, 3, 3, B=2, C_in=2, C_out=2)
+    leaves = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
+    fn = lambda x, w, b: getattr(equifast, op)(x, w, b, group=group, frame=frame, padding=1, stride=(2, 1),  # noqa
+                                               backend="cpu")
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_zero_size_batch(op):
+    x, w, b = _problem(op, "C4", 6, 6, 3, 3, B=0)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    out = getattr(equifast, op)(x, w, b, group="C4", backend="cpu", padding=1)
+    assert out.shape == (0, 4, 5, 6, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.count_nonzero(w.grad) == 0
+    # the kernel-level ops handle it too
+    prob = _problem(op, "C4", 6, 6, 3, 3, B=0)
+    plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, op)
+    y = getattr(cpu_backend, op)(prob[0], prob[1], None, plan)
+    assert y.shape == (0, 4, 5, 6, 6)
+    gx, gw, gb = getattr(cpu_backend, op + "_backward")(y, prob[0], prob[1], plan, (True, True, False))
+    assert gx.shape == prob[0].shape and gw.shape == prob[1].shape and gb is None
+
+
+@pytest.mark.parametrize("op,frame", [("lift_conv", "view"), ("lift_conv", "canonical"), ("group_conv", "view"),
+                                      ("group_conv", "canonical")])
+def test_opcheck_public_ops(op, frame):
+    x, w, b = _problem(op, "D4" if frame == "view" else "C4", 6, 6, 3, 3, B=2, C_in=2, C_out=3)
+    group = "D4" if frame == "view" else "C4"
+    x, w, b = (t.requires_grad_(True) for t in (x, w, b))
+    plan = equifast._args.make_plan(group, 1, 1, 1, frame, 3, 3, op)
+    torch.library.opcheck(getattr(torch.ops.equifast, op).default,
+                          (x, w, b, *plan.schema_args(), "cpu"))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck_kernel_ops(op):
+    group = groups.get("D4")
+    plan = equifast._args.make_plan(group, (2, 1), (1, 0, 1, 1), 1, "view", 3, 3, op)
+    x, w, b = _problem(op, "D4", 7, 7, 3, 3, B=2, C_in=2, C_out=3)
+    if op == "lift_conv":
+        xperm, kperm = ext.lift_tables(plan, 7, 7, 3, 3, "cpu")
+        args = (x, w, b, xperm, kperm, 8, [2, 1], [1, 0, 1, 1], [1, 1])
+        out = torch.ops.equifast_C.lift_conv(*args)
+        bw_args = (torch.randn_like(out), x, w, xperm, kperm, 8, [2, 1], [1, 0, 1, 1], [1, 1], [True, True])
+    else:
+        slot, kperm = ext.group_tables(plan, 3, 3, "cpu")
+        args = (x, w, b, slot, kperm, [2, 1], [1, 0, 1, 1], [1, 1])
+        out = torch.ops.equifast_C.group_conv(*args)
+        bw_args = (torch.randn_like(out), x, w, slot, kperm, [2, 1], [1, 0, 1, 1], [1, 1], [True, False])
+    torch.library.opcheck(getattr(torch.ops.equifast_C, op).default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(getattr(torch.ops.equifast_C, op + "_backward").default, bw_args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_interpolated_groups_refused_and_auto_falls_back():
+    x, w, b = _problem("lift_conv", "C8", 7, 7, 3, 3, dtype=torch.float32)
+    plan = equifast._args.make_plan("C8", 1, 1, 1, "view", 3, 3, "lift_conv")
+    ok, reason = cpu_backend.supports(plan, x, w)
+    assert not ok and "interpolates" in reason and "C8" in reason
+    with pytest.raises(RuntimeError, match="interpolates"):
+        equifast.lift_conv(x, w, b, group="C8", backend="cpu")
+    torch.testing.assert_close(equifast.lift_conv(x, w, b, group="C8", padding=1),
+                               equifast.lift_conv(x, w, b, group="C8", padding=1, backend="reference"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_dtype_refused_with_reason():
+    x, w, _ = _problem("lift_conv", "C4", 7, 7, 3, 3, dtype=torch.bfloat16)
+    plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, "lift_conv")
+    ok, reason = cpu_backend.supports(plan, x, w)
+    assert not ok and "bfloat16" in reason
+
+
+def test_auto_picks_cpu_for_small_lifting():
+    from equifast import backends
+    x, w, _ = _problem("lift_conv", "C4", 28, 28, 3, 3, C_in=1, C_out=8, dtype=torch.float32)
+    plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, "lift_conv")
+    assert backends.resolve("auto", plan, x, w, "lift_conv") is cpu_backend
+    assert "cpu" in equifast.available_backends("cpu")
+
+
+def test_deterministic_and_thread_count_independent():
+    x, w, b = _problem("group_conv", "D4", 8, 8, 3, 3, B=3, C_in=3, C_out=6, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for nt in (1, max(2, threads)):
+            torch.set_num_threads(nt)
+            results.append(_fwd_bwd("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
+            results.append(_fwd_bwd("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grads in results[1:]:
+        assert torch.equal(out, results[0][0])
+        for got, want in zip(grads, results[0][1]):
+            assert torch.equal(got, want)
+
+
+def test_kernel_rejects_bad_tables():
+    x = torch.randn(1, 1, 4, 4)
+    w = torch.randn(2, 1, 3, 3)
+    bad = torch.zeros(4, 16, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="permutation"):
+        torch.ops.equifast_C.lift_conv(x, w, None, bad, torch.empty(0, dtype=torch.int64), 4, [1, 1], [1, 1, 1, 1],
+                                       [1, 1])
+    with pytest.raises(RuntimeError, match="pixel permutation table"):
+        torch.ops.equifast_C.lift_conv(x, w, None, bad[:, :5], torch.empty(0, dtype=torch.int64), 4, [1, 1],
+                                       [1, 1, 1, 1], [1, 1])
+
+
+def test_missing_extension_warns_once_and_reports_unavailable(monkeypatch):
+    import importlib as _importlib
+    real = _importlib.import_module
+
+    def fake_import(name, *a, **k):
+        if name == "equifast._C":
+            raise ModuleNotFoundError("No module named 'equifast._C'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(ext, "_state", None)
+    monkeypatch.setattr(ext.importlib, "import_module", fake_import)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok, reason = cpu_backend.availability(torch.device("cpu"))
+        cpu_backend.availability(torch.device("cpu"))
+        ext.load()
+    assert not ok and "not built" in reason and "make build" in reason
+    assert len([c for c in caught if "equifast._C" in str(c.message)]) == 1
