@@ -811,9 +811,10 @@ def write_plots(out_dir: str, result: Dict[str, object]) -> List[str]:
                 ax.set_ylabel(ylabel)
                 ax.grid(axis="y", which="both", alpha=0.3)
             ax_t.set_title(f"{mode}")
-            ax_t.legend(fontsize=7)
-            if sp:
-                ax_s.legend(fontsize=7)
+            if j == len(modes) - 1:   # one legend per row, outside the bars
+                ax_t.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                if sp:
+                    ax_s.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         meta = result["meta"]
         fig.suptitle(f"equifast {meta['device_name']} — {dtype}, {layout}, scale {meta['scale']} ({meta['date']})",
                      fontsize=10)
