@@ -181,6 +181,8 @@ def from_generators(perms, size: Optional[int] = None, name: Optional[str] = Non
     """An action from index permutations of a generating set (LongTensor [k, N] or a list of
     permutations in the gather convention ``(g·x)[q] = x[perm[q]]``)."""
     gens = torch.as_tensor(perms, dtype=torch.int64) if not isinstance(perms, Tensor) else perms
+    if gens.dim() == 1 and gens.numel():
+        gens = gens[None]
     if size is None:
         if gens.dim() != 2:
             raise ValueError("from_generators: pass size= when giving no generators")
@@ -362,8 +364,8 @@ class EquivariantLinear(nn.Module):
         edge, k = edge_orbits(in_action, out_action)
         self.num_edge_orbits = k
         self.num_bias_orbits = out_action.num_orbits
-        self.register_buffer("edge_orbit", edge, persistent=False)
-        self.register_buffer("bias_orbit", out_action.orbits().clone(), persistent=False)
+        self.register_buffer("edge_orbit", edge.to(device), persistent=False)
+        self.register_buffer("bias_orbit", out_action.orbits().clone().to(device), persistent=False)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(k, self.out_channels, self.in_channels, **factory))
         if bias:
