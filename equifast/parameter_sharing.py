@@ -282,8 +282,7 @@ def wreath(inner: Action, outer: Action) -> Action:
     independently. Generators: inner's generators on one representative block of every orbit of
     outer on the blocks (the others are conjugates), then outer's generators."""
     n, D = inner.size, outer.size
-    reps = torch.unique(outer.orbits(), return_inverse=False)
-    first = [int((outer.orbits() == r).nonzero()[0]) for r in reps.tolist()] if D else []
+    first = np.unique(outer.orbits().numpy(), return_index=True)[1].tolist()  # first block of every orbit
     gens = []
     for b in first:
         for gi in inner.generators:

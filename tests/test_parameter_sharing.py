@@ -493,6 +493,25 @@ def test_eval_cache_identical_and_invalidated():
         assert torch.equal(layer(x), torch.zeros(5, 6, 4))
 
 
+def test_cache_inference_mode_and_copies():
+    import copy
+    s = ps.image_action("D4", 3)
+    layer = EquivariantLinear(s, s, 2, 2).eval()
+    x = torch.randn(3, 9, 2)
+    with torch.inference_mode():
+        y1 = layer(x)
+    with torch.no_grad():
+        y2 = layer(x)                      # cache built in inference mode, reused outside it
+    assert torch.equal(y1, y2)
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        clone.weight.add_(1.0)             # in-place change of the copy: its cache is stale
+        assert not torch.allclose(clone(x), y2)
+        assert torch.equal(layer(x), y2)
+    y3 = layer(x)                          # grad mode: no cache, graph to the parameters
+    assert y3.requires_grad and torch.equal(y3.detach(), y2)
+
+
 @pytest.mark.parametrize("mode", ["dense", "basis"])
 def test_dtypes_amp_batching_state(mode):
     a = ps.image_action("C4", 3)
