@@ -1,0 +1,89 @@
+"""The command line: demo end to end (tiny), check, bench delegation, --help."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from equifast.__main__ import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_demo_end_to_end_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--epochs", "1", "--limit", "64", "--timing-batches", "1", "--no-progress", "--size", "8",
+               "--width", "4", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("number_angle_accuracy", "invariant_accuracy", "plain_cnn_accuracy", "equivariance_error"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["equivariance_error"] < 1e-5
+    assert set(metrics["per_angle"]) == {"0", "90", "180", "270"}
+    assert metrics["seconds_per_epoch"]["reference"] > 0
+    assert all(r["view"] < 1e-12 for r in metrics["exactness"])
+    assert (out / "figure3net.pt").exists() and (out / "accuracy_per_angle.png").exists()
+    ckpt = torch.load(out / "figure3net.pt", weights_only=False)
+    from equifast.models import Figure3Net
+    Figure3Net(**ckpt["kwargs"]).load_state_dict(ckpt["model"])
+    text = capsys.readouterr().out
+    assert "number after GroupPool" in text and "s/epoch" in text
+
+
+def test_demo_mnist_needs_dir(capsys):
+    assert main(["demo", "--data", "mnist"]) == 2
+    assert "--mnist-dir" in capsys.readouterr().err
+
+
+def test_check_passes(capsys):
+    rc = main(["check", "--backends", ",".join(b for b in __import__("equifast").available_backends("cpu")
+                                              if b != "triton")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "0 mismatches" in text
+
+
+def test_check_reports_mismatch(monkeypatch, capsys):
+    import equifast.expanded as tb
+    real = tb.lift_conv
+    monkeypatch.setattr(tb, "lift_conv", lambda x, w, b, plan: real(x, w, b, plan) * 1.01)
+    assert main(["check", "--backends", "torch"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_bench_delegates_or_explains(monkeypatch, capsys):
+    import equifast
+    try:
+        import equifast.benchmark  # noqa: F401
+    except ModuleNotFoundError:
+        assert main(["bench"]) == 2
+        assert "benchmark" in capsys.readouterr().err
+    else:
+        seen = {}
+        monkeypatch.setattr(equifast.benchmark, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+        assert main(["bench", "--quick", "--out", "x"]) == 0
+        assert seen["argv"] == ["--quick", "--out", "x"]
+    monkeypatch.setitem(sys.modules, "equifast.benchmark", None)   # simulate a missing module
+    assert main(["bench"]) == 2
+    assert "benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["check", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: equifast" in text
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "equifast", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "demo" in r.stdout and "check" in r.stdout and "bench" in r.stdout

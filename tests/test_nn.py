@@ -1,0 +1,419 @@
+"""equifast.nn: every layer equivariant on its own and inside a network, on every backend that
+supports the case; Equivarify, the orientation head, interop, export, exactness and data."""
+import gzip
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import equifast
+import equifast.nn as enn
+from equifast import backends as _backends
+from equifast import groups
+from equifast._args import make_plan
+from equifast.interop import from_field_major, is_field_major, to_field_major
+
+BACKENDS = [b for b in equifast.available_backends("cpu") if b != "triton"] + \
+    (["triton"] if "triton" in equifast.available_backends("cpu") and os.environ.get("EQUIFAST_TEST_TRITON_NN")
+     else [])
+GROUPS = ("C4", "D4")
+TOL = dict(atol=1e-9, rtol=1e-9)   # float64, exact groups
+
+
+def generators(G):
+    """Equivariance under generators implies it for the whole group: r (and f for D_n)."""
+    return [1] if G.name.startswith("C") else [1, G.order // 2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():   # 2 shared cores: OpenMP threads competing with other processes are 10x slower
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _supports(backend, layer, x):
+    plan = make_plan(layer.group, layer.stride, layer.padding, layer.dilation, layer.frame, *layer.kernel_size, "t")
+    ok, why = _backends.module(backend).supports(plan, x, layer.weight)
+    if not ok:
+        pytest.skip(f"{backend}: {why}")
+
+
+def _act_in(G, x, g):
+    return G.act(x, g)
+
+
+# ---------------------------------------------------------------------------- conv layers
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("frame,stride,padding,k", [("view", 1, 1, 3), ("view", 2, 0, 2), ("canonical", 1, 1, 3)])
+def test_lift_conv2d_equivariant(backend, group, frame, stride, padding, k):
+    G = groups.get(group)
+    torch.manual_seed(0)
+    layer = enn.LiftConv2d(2, 3, k, stride=stride, padding=padding, group=group, frame=frame, backend=backend,
+                           dtype=torch.float64)
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    _supports(backend, layer, x)
+    y = layer(x)
+    assert y.shape == (2, G.order, 3, *layer.output_size(6, 6))
+    for g in range(G.order):
+        torch.testing.assert_close(layer(G.act(x, g)), G.act_stack(y, g, frame), **TOL)
+    # the layer is the functional op with its own parameters
+    ref = equifast.lift_conv(x, layer.weight, layer.bias, group=group, stride=stride, padding=padding, frame=frame,
+                             backend="reference")
+    torch.testing.assert_close(y, ref, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("frame,stride,padding,k", [("view", 1, 1, 3), ("view", 2, 1, 3), ("canonical", 1, 1, 3)])
+def test_group_conv2d_equivariant(backend, group, frame, stride, padding, k):
+    G = groups.get(group)
+    torch.manual_seed(1)
+    layer = enn.GroupConv2d(2, 3, k, stride=stride, padding=padding, group=group, frame=frame, backend=backend,
+                            dtype=torch.float64)
+    s = torch.randn(2, G.order, 2, 6, 6, dtype=torch.float64)
+    _supports(backend, layer, s)
+    y = layer(s)
+    for g in range(G.order):
+        torch.testing.assert_close(layer(G.act_stack(s, g, frame)), G.act_stack(y, g, frame), **TOL)
+    ref = equifast.group_conv(s, layer.weight, layer.bias, group=group, stride=stride, padding=padding, frame=frame,
+                              backend="reference")
+    torch.testing.assert_close(y, ref, **TOL)
+
+
+def test_conv_init_repr_and_args():
+    lift = enn.LiftConv2d(3, 8, 5, group="C4")
+    gconv = enn.GroupConv2d(8, 16, 3, group="D4", frame="canonical", bias=False, padding="same")
+    assert lift.weight.shape == (8, 3, 5, 5) and lift.bias.shape == (8,)
+    assert gconv.weight.shape == (16, 8, 8, 3, 3) and gconv.bias is None
+    # kaiming-uniform(a=sqrt 5) bound = 1/sqrt(fan_in); GroupConv2d's fan_in counts the group axis
+    assert lift.weight.abs().max() <= 1 / math.sqrt(3 * 25) + 1e-7
+    assert gconv.weight.abs().max() <= 1 / math.sqrt(8 * 8 * 9) + 1e-7
+    assert gconv.weight.abs().max() > 0.5 / math.sqrt(8 * 8 * 9)
+    assert lift.bias.abs().max() <= 1 / math.sqrt(75)
+    r = repr(gconv)
+    assert "group=D4" in r and "canonical" in r and "bias=False" in r and "'same'" in r
+    w0 = lift.weight.detach().clone()
+    lift.reset_parameters()
+    assert not torch.equal(w0, lift.weight)
+    with pytest.raises(ValueError, match="frame"):
+        enn.LiftConv2d(1, 1, 3, frame="bogus")
+    with pytest.raises(ValueError, match="padding"):
+        enn.GroupConv2d(1, 1, 3, padding="full")
+    with pytest.raises(ValueError, match="group axis"):
+        enn.GroupConv2d(2, 2, 3, group="C4")(torch.randn(1, 8, 2, 5, 5))
+
+
+# ---------------------------------------------------------------------------- norm / pool
+@pytest.mark.parametrize("frame", ["view", "canonical"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_group_batchnorm_equivariant(frame, layout):
+    G = groups.get("D4")
+    torch.manual_seed(2)
+    s = torch.randn(3, 8, 4, 5, 5, dtype=torch.float64) * 3 + 1
+    if layout == "channels_last":
+        s = s.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    elif layout == "strided":
+        s = s.transpose(1, 2).contiguous().transpose(1, 2)
+    bn = enn.GroupBatchNorm2d(4, group="D4").double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    y = bn(s)
+    # statistics over (B, n, H, W), one per channel
+    mean = s.mean(dim=(0, 1, 3, 4), keepdim=True)
+    var = s.var(dim=(0, 1, 3, 4), unbiased=False, keepdim=True)
+    expect = (s - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 1, -1, 1, 1) + bn.bias.view(1, 1, -1, 1, 1)
+    torch.testing.assert_close(y, expect)
+    for g in range(G.order):                     # training mode: batch statistics
+        torch.testing.assert_close(bn(G.act_stack(s, g, frame)), G.act_stack(y, g, frame))
+    bn.eval()
+    y = bn(s)
+    for g in range(G.order):                     # eval mode: running statistics
+        torch.testing.assert_close(bn(G.act_stack(s, g, frame)), G.act_stack(y, g, frame))
+    with pytest.raises(ValueError, match="5-D"):
+        bn(torch.randn(2, 4, 5, 5))
+
+
+def test_group_pool_and_per_copy():
+    G = groups.get("C4")
+    s = torch.randn(2, 4, 3, 6, 6)
+    for mode in ("max", "mean"):
+        pool = enn.GroupPool(mode)
+        out = pool(s)
+        assert out.shape == (2, 3, 6, 6)
+        for g in range(4):
+            torch.testing.assert_close(pool(G.act_regular(s, g)), out)            # invariant (view frame)
+            torch.testing.assert_close(pool(G.act_canonical(s, g)), G.act(out, g))  # canonical: image action
+    assert enn.GroupPool()(torch.randn(2, 4, 10)).shape == (2, 10)
+    with pytest.raises(ValueError):
+        enn.GroupPool("median")
+    pc = enn.PerCopy(nn.MaxPool2d(2))
+    y = pc(s)
+    assert y.shape == (2, 4, 3, 3, 3)
+    torch.testing.assert_close(y[:, 1], nn.functional.max_pool2d(s[:, 1], 2))
+    torch.testing.assert_close(pc(G.act_regular(s, 1)), G.act_regular(y, 1))
+
+
+# ---------------------------------------------------------------------------- Equivarify
+class _CountCalls(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4", "C2"])
+def test_equivarify_mlp(group):
+    G = groups.get(group)
+    torch.manual_seed(3)
+    mlp = _CountCalls(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))).double()
+    eq = enn.Equivarify(mlp, group)
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = eq(x)
+    assert y.shape == (5, G.order, 10)
+    assert mlp.calls == 1                                          # all views in one batched call
+    for g in range(G.order):                                       # copy g = F(g⁻¹ x)
+        torch.testing.assert_close(y[:, g], mlp.inner(G.act(x, G.inverse[g])))
+        torch.testing.assert_close(eq(G.act(x, g)), G.act_regular(y, g))
+    torch.testing.assert_close(y[:, 0], mlp.inner(x))              # p ∘ F̂ = F
+    assert sum(p.numel() for p in eq.parameters()) == sum(p.numel() for p in mlp.parameters())
+
+
+def test_equivarify_cnn_with_batchnorm_train_mode():
+    G = groups.get("C4")
+    torch.manual_seed(4)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2),
+                        nn.Flatten()).double()
+    eq = enn.Equivarify(cnn, G)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    y = eq(x)
+    for g in range(4):
+        torch.testing.assert_close(eq(G.act(x, g)), G.act_regular(y, g))
+    # equivarifying a layer that reads a stack (the paper's head dense∘pool∘conv3∘g⁻¹)
+    head = nn.Sequential(nn.Flatten(1, 2), nn.Conv2d(4 * 3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    for action in ("regular", "canonical"):
+        eq2 = enn.Equivarify(head, G, action=action)
+        s = torch.randn(2, 4, 3, 7, 7, dtype=torch.float64)
+        z = eq2(s)
+        assert z.shape == (2, 4, 5)
+        for g in range(4):
+            frame = "view" if action == "regular" else "canonical"
+            torch.testing.assert_close(eq2(G.act_stack(s, g, frame)), G.act_regular(z, g))
+    with pytest.raises(ValueError, match="action"):
+        enn.Equivarify(head, G, action="bogus")
+
+
+# ---------------------------------------------------------------------------- head
+def test_orientation_head_label_encoding_and_decoder():
+    G = groups.get("C4")
+    y = torch.tensor([7, 0, 3])
+    k = torch.tensor([1, 0, 3])
+    idx = enn.encode_labels(y, k, 10)
+    assert idx.tolist() == [17, 0, 33]
+    onehot = enn.encode_labels(y, k, 10, order=4)                  # the paper's 0 ⊕ e_m ⊕ 0 ⊕ 0
+    assert onehot.shape == (3, 40)
+    assert onehot[0].reshape(4, 10)[1, 7] == 1 and onehot[0].sum() == 1
+    scores = torch.full((3, 40), -5.0)
+    scores[torch.arange(3), idx] = 5.0
+    c, e = enn.decode_scores(scores, 10)
+    assert c.tolist() == y.tolist() and e.tolist() == k.tolist()
+    assert enn.element_angle("C4", e).tolist() == [90.0, 0.0, 270.0]
+    assert enn.element_angle("D4", torch.tensor([5])).tolist() == [90.0]
+    with pytest.raises(ValueError):
+        enn.encode_labels(torch.tensor([10]), torch.tensor([0]), 10)
+
+    head = enn.OrientationHead(12, 10, group=G).double()
+    s = torch.randn(2, 4, 3, 2, 2, dtype=torch.float64)
+    out = head(s)
+    assert out.shape == (2, 40)
+    for g in range(4):   # permuting the copies permutes the 10-slot blocks
+        torch.testing.assert_close(head(G.act_regular(s, g)),
+                                   G.act_regular(out.view(2, 4, 10), g).reshape(2, 40))
+        torch.testing.assert_close(head.invariant(head(G.act_regular(s, g))), head.invariant(out))
+
+
+# ---------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("frame", ["view", "canonical"])
+def test_layers_inside_a_network(backend, group, frame):
+    G = groups.get(group)
+    torch.manual_seed(5)
+    kw = dict(group=group, frame=frame, backend=backend, dtype=torch.float64)
+    net = nn.Sequential(enn.LiftConv2d(1, 4, 3, padding=1, **kw), enn.GroupBatchNorm2d(4).double(), nn.ReLU(),
+                        enn.GroupConv2d(4, 4, 3, padding=1, **kw), nn.ReLU(),
+                        enn.PerCopy(nn.AvgPool2d(2)) if frame == "view" else nn.Identity(),
+                        enn.GroupConv2d(4, 5, 3, padding=1, bias=False, **kw))
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    _supports(backend, net[0], x)
+    y = net(x)
+    inv = enn.GroupPool("max")(y).mean(dim=(-2, -1))
+    for g in generators(G):
+        yg = net(G.act(x, g))
+        torch.testing.assert_close(yg, G.act_stack(y, g, frame), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(enn.GroupPool("max")(yg).mean(dim=(-2, -1)), inv, atol=1e-12, rtol=1e-12)
+    y.sum().backward()
+    assert net[0].weight.grad is not None and net[3].weight.grad.abs().sum() > 0
+
+
+def test_strided_view_frame_exact_where_canonical_breaks():
+    """Stride 2 on even sizes and even kernels break filter-rotation G-CNNs; the view frame is exact."""
+    rows = enn.exactness_comparison(sizes=(16, 17), batch=2)
+    by = {(r["config"], r["size"]): r for r in rows}
+    assert all(r["view"] < 1e-12 for r in rows)
+    assert by[("3x3, stride 2, padding 1", 16)]["canonical"] > 1e-3       # even size, stride 2: broken
+    assert by[("3x3, stride 2, padding 1", 17)]["canonical"] < 1e-12      # odd size: centred grid, exact
+    assert by[("3x3, stride 1, padding 1", 16)]["canonical"] < 1e-12
+    assert by[("4x4 (even), stride 1, padding 'same'", 17)]["canonical"] > 1e-3
+    table = enn.format_exactness_table(rows)
+    assert table.startswith("| layer configuration") and "16x16" in table
+
+
+# ---------------------------------------------------------------------------- interop / export
+def test_interop_round_trip_zero_copy():
+    y = torch.randn(2, 5 * 4, 6, 6)
+    s = from_field_major(y, 4)
+    assert s.shape == (2, 4, 5, 6, 6) and s.data_ptr() == y.data_ptr()
+    for c in (0, 3):
+        for g in range(4):
+            torch.testing.assert_close(s[:, g, c], y[:, c * 4 + g], rtol=0, atol=0)
+    back = to_field_major(s, copy="never")
+    assert back.data_ptr() == y.data_ptr() and torch.equal(back, y)
+    assert is_field_major(s) and not is_field_major(torch.randn(2, 4, 5, 6, 6))
+    # equifast ops read the strided view directly; a contiguous stack converts with one copy
+    w = torch.randn(3, 4, 5, 3, 3)
+    out = equifast.group_conv(s, w, padding=1, frame="canonical")
+    torch.testing.assert_close(out, equifast.group_conv(s.contiguous(), w, padding=1, frame="canonical"))
+    fm = to_field_major(out)
+    torch.testing.assert_close(from_field_major(fm, 4), out)
+    with pytest.raises(ValueError):
+        to_field_major(torch.randn(2, 4, 5, 6, 6), copy="never")
+    with pytest.raises(ValueError, match="multiple"):
+        from_field_major(torch.randn(2, 10, 3, 3), 4)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4", "C8"])
+def test_lift_to_conv2d_canonical(group):
+    torch.manual_seed(6)
+    layer = enn.LiftConv2d(3, 5, 3, stride=2, padding=1, group=group, frame="canonical", dtype=torch.float64)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    y = layer(x)
+    conv = layer.to_conv2d()
+    assert type(conv) is nn.Conv2d and conv.weight.shape == (groups.get(group).order * 5, 3, 3, 3)
+    torch.testing.assert_close(conv(x).view_as(y), y)
+    fm = layer.to_conv2d(layout="field_major")
+    torch.testing.assert_close(from_field_major(fm(x), layer.order), y)
+    torch.testing.assert_close(layer.export()(x), y)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4"])
+def test_lift_to_conv2d_view_identity(group):
+    G = groups.get(group)
+    torch.manual_seed(7)
+    layer = enn.LiftConv2d(2, 4, 5, padding=2, group=group, dtype=torch.float64)
+    assert layer.view_identity_holds()
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    y = layer(x)
+    conv_out = layer.to_conv2d()(x).view_as(y)
+    for g in range(G.order):   # DESIGN identity: canonical copy g = g · (view copy g)
+        torch.testing.assert_close(conv_out[:, g], G.act(y[:, g], g))
+    torch.testing.assert_close(layer.export()(x), y)
+    strided = enn.LiftConv2d(2, 4, 3, stride=2, padding=1, group=group)
+    assert not strided.view_identity_holds()
+    with pytest.raises(ValueError, match="view-frame"):
+        strided.to_conv2d()
+
+
+@pytest.mark.parametrize("frame", ["view", "canonical"])
+def test_group_conv_to_conv2d(frame):
+    torch.manual_seed(8)
+    layer = enn.GroupConv2d(3, 2, 3, stride=2, padding=1, group="D4", frame=frame, dtype=torch.float64)
+    s = torch.randn(2, 8, 3, 9, 9, dtype=torch.float64)
+    y = layer(s)
+    torch.testing.assert_close(layer.to_conv2d()(s.reshape(2, 24, 9, 9)).view_as(y), y)
+
+
+def test_lazy_parameter_sharing_reexport():
+    import importlib
+    mod = importlib.import_module("equifast.nn")
+    for name in ("EquivariantLinear", "DeepSets"):
+        try:
+            obj = getattr(mod, name)
+        except AttributeError as exc:           # module not there yet: a clear AttributeError, not ImportError
+            assert "parameter_sharing" in str(exc)
+        else:
+            assert obj.__name__ == name
+    with pytest.raises(AttributeError):
+        mod.NoSuchLayer
+
+
+# ---------------------------------------------------------------------------- data
+def test_rotation_transform_records_angle():
+    from equifast.data import RandomRotation, RotatedDataset, rotate_batch, rotation_angle
+    x = torch.randn(16, 1, 6, 6)
+    xr, k = rotate_batch(x, "C4", torch.Generator().manual_seed(0))
+    assert k.shape == (16,) and set(k.tolist()) <= {0, 1, 2, 3} and len(set(k.tolist())) > 1
+    for i in range(16):
+        assert torch.equal(xr[i], torch.rot90(x[i], int(k[i]), dims=(-2, -1)))
+    assert rotation_angle(k, "C4").tolist() == [90.0 * v for v in k.tolist()]
+    t = RandomRotation("C4", seed=1)
+    img, kk = t(x[0])
+    assert torch.equal(img, torch.rot90(x[0], kk, dims=(-2, -1))) and t.angle(kk) == 90.0 * kk
+    ds = RotatedDataset(x, torch.arange(16), "C4", seed=3)
+    xi, yi, ki = ds[5]
+    assert torch.equal(xi, torch.rot90(x[5], int(ki), dims=(-2, -1))) and yi == 5
+
+
+def test_load_digits_upsampled():
+    from equifast.data import load_digits
+    s8, s16 = load_digits(size=8), load_digits(size=16)
+    assert s8.x_train.shape[1:] == (1, 8, 8) and s16.x_train.shape[1:] == (1, 16, 16)
+    assert len(s8.y_train) + len(s8.y_test) == 1797 and 0 <= s8.x_train.min() and s8.x_train.max() <= 1
+    torch.testing.assert_close(s16.x_train[:, :, ::2, ::2], s8.x_train)
+    # nearest upsampling commutes with rotation
+    torch.testing.assert_close(torch.rot90(s16.x_test, 1, (-2, -1))[:, :, ::2, ::2], torch.rot90(s8.x_test, 1, (-2, -1)))
+    with pytest.raises(ValueError):
+        load_digits(size=12)
+
+
+def _write_idx(path, arr, gz):
+    arr = np.asarray(arr)
+    code = {np.uint8: 0x08}[arr.dtype.type]
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist_idx(tmp_path, gz):
+    from equifast.data import load_mnist
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    tr = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    te = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{sfx}", tr, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{sfx}", np.arange(12, dtype=np.uint8) % 10, gz)
+    _write_idx(tmp_path / f"t10k-images-idx3-ubyte{sfx}", te, gz)
+    _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{sfx}", np.arange(5, dtype=np.uint8), gz)
+    split = load_mnist(tmp_path)
+    assert split.x_train.shape == (12, 1, 28, 28) and split.x_test.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(split.x_train[3, 0], torch.from_numpy(tr[3].astype(np.float32) / 255))
+    assert split.y_test.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(FileNotFoundError, match="t10k|train"):
+        load_mnist(tmp_path / "nowhere") if False else load_mnist(_empty_dir(tmp_path))
+
+
+def _empty_dir(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir(exist_ok=True)
+    return d
