@@ -66,7 +66,11 @@ def availability(name: str, device) -> Tuple[bool, str]:
     mod = module(name)
     if mod is None:
         return False, f"module {MODULES[name]} could not be loaded ({load_error(name)})"
-    return mod.availability(torch.device(device))
+    try:
+        ok, reason = mod.availability(torch.device(device))
+    except Exception as exc:  # a broken optional backend must not break the others or "auto"
+        return False, f"{MODULES[name]}.availability failed ({type(exc).__name__}: {exc})"
+    return bool(ok), reason
 
 
 def available_backends(device=None) -> List[str]:
