@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 8x8 digits, no download (default); mnist: IDX files from --mnist-dir")
     d.add_argument("--mnist-dir", default=None, help="directory with the four MNIST IDX files (raw or .gz)")
-    d.add_argument("--size", type=int, default=16,
-                   help="digits only: upsample the 8x8 digits to this size (multiple of 8; default 16)")
+    d.add_argument("--size", type=int, default=8,
+                   help="digits only: upsample the 8x8 digits to this size (multiple of 8; default 8: no upsampling)")
     d.add_argument("--backend", default="auto", help="backend for training (default auto: the fastest available)")
     d.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 for digits, 3 for mnist)")
@@ -345,30 +345,43 @@ def demo(args) -> int:
     return 0
 
 
-def _time_backends(args, split, targets, device, make_fig3, backends_here):
+def _time_backends(args, split, targets, device, make_fig3, backends_here, budget_s=4.0):
     """Seconds per training epoch (forward, backward, Adam step) of Figure3Net for every backend that runs
-    on the device (triton only on CUDA), measured on the same batches and extrapolated to one epoch."""
+    on the device (triton only on CUDA, where it compiles): the median time of up to ``--timing-batches``
+    steps (at least 2, and no more than ``budget_s`` seconds of steps per backend) times the number of
+    batches in an epoch. ``auto`` is timed too (it may mix backends per layer)."""
+    import statistics
+
     import torch
+    import torch.nn.functional as F
     n_batches = len(_batches(len(targets), args.batch_size, torch.Generator()))
-    k = args.timing_batches or min(n_batches, 10)
-    names = [b for b in backends_here if not (b == "triton" and device.type != "cuda")]
+    k = max(2, args.timing_batches or 10)
+    names = [b for b in backends_here if not (b == "triton" and device.type != "cuda")] + ["auto"]
     if args.backend not in names:
         names.append(args.backend)
     out = {}
-    for name in names:
+    for name in _progress(names, args.no_progress, desc="  timing backends", unit="backend"):
         try:
             m = make_fig3(name)
+            m.train()
             opt = torch.optim.Adam(m.parameters(), lr=args.lr)
-            gen = torch.Generator().manual_seed(args.seed)
-            _train_epoch(m, split.x_train, targets, opt, args.batch_size, gen, device, "", True, max_batches=1)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            _train_epoch(m, split.x_train, targets, opt, args.batch_size, gen, device,
-                         f"  timing backend {name}", args.no_progress, max_batches=k)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            out[name] = (time.perf_counter() - t0) / min(k, n_batches) * n_batches
+            batches = _batches(len(targets), args.batch_size, torch.Generator().manual_seed(args.seed))
+            steps = []
+            for i in range(k + 1):
+                idx = batches[i % len(batches)]
+                xb, yb = split.x_train[idx].to(device), targets[idx].to(device)
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(m(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first step warms up (caches, compilation)
+                    steps.append(time.perf_counter() - t0)
+                if len(steps) >= 2 and sum(steps) > budget_s:
+                    break
+            out[name] = statistics.median(steps) * n_batches
         except Exception as exc:  # a backend that cannot train this model is reported, not fatal
             out[name] = None
             print(f"  (backend {name} could not be timed: {type(exc).__name__}: {exc})")

@@ -1,7 +1,7 @@
 """Data for the demo: scikit-learn's handwritten digits (no download), MNIST from IDX files, and
 random rotations by multiples of 90° that record the angle.
 
-* ``load_digits(size=16)`` — the 1797 8x8 digits shipped inside scikit-learn's wheel, as float
+* ``load_digits(size=8)`` — the 1797 8x8 digits shipped inside scikit-learn's wheel, as float
   images [N, 1, size, size] in [0, 1]; ``size`` > 8 upsamples by nearest-neighbour repetition
   (size must be a multiple of 8). Nearest upsampling commutes exactly with 90° rotations, so the
   rotated test set is exactly the rotation of upsampled images. Split into train/test (stratified,
@@ -44,7 +44,7 @@ class Split:
                      self.name)
 
 
-def load_digits(size: int = 16, test_fraction: float = 0.25, seed: int = 0) -> Split:
+def load_digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0) -> Split:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes; no download).
 
     Returns a stratified train/test ``Split`` of images [N, 1, size, size] (float32 in [0, 1];

@@ -3,7 +3,7 @@
 * ``Figure3Net``  — Bao et al., Figure 3: conv1 lifted (4 copies), conv2 and conv3 on the stacked
   copies (equivarified), pooling and a dense layer per copy: 40 outputs = 10 digits x 4 angles.
   Default constructor: ``Figure3Net()`` takes single-channel square images of any size ≥ 4
-  (the demo uses 16x16: scikit-learn's 8x8 digits upsampled x2; MNIST is 28x28).
+  (the demo uses scikit-learn's 8x8 digits as they are; MNIST is 28x28).
 * ``PlainCNN``    — the same network before equivarification (what the paper equivarifies).
 * ``ResGCNN``     — a deeper G-CNN for 32x32 images: residual blocks, stride-2 stages, C4 or D4,
   view or canonical frame, invariant logits.
@@ -40,7 +40,7 @@ class Figure3Net(nn.Module):
     (40 for C4 and 10 classes), slot g*num_classes + m = "class m, rotated by g" (see
     ``equifast.nn.encode_labels``). ``predict(x)`` decodes (class, element);
     ``invariant(x)`` gives rotation-invariant class scores [B, num_classes].
-    The default ``Figure3Net()`` takes [B, 1, H, H] images (demo: 16x16; MNIST: 28x28).
+    The default ``Figure3Net()`` takes [B, 1, H, H] images (demo: 8x8 digits; MNIST: 28x28).
     """
 
     def __init__(self, group: Union[str, _groups.Group] = "C4", backend: str = "auto", width: int = 16,

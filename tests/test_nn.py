@@ -417,3 +417,15 @@ def _empty_dir(tmp_path):
     d = tmp_path / "empty"
     d.mkdir(exist_ok=True)
     return d
+
+
+# ---------------------------------------------------------------------------- runnable examples
+EXAMPLES = sorted((os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/examples/" + f)
+                  for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   "examples")) if f.startswith("layers_") and f.endswith(".py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
+def test_layer_examples_run(path, capsys):
+    import runpy
+    runpy.run_path(path, run_name="__main__")
