@@ -412,9 +412,9 @@ def _plot(per_angle, path, title) -> bool:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"trained on upright digits only ({title})", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7.5, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 

@@ -87,3 +87,26 @@ def test_help(argv, capsys):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "equifast", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "demo" in r.stdout and "check" in r.stdout and "bench" in r.stdout
+
+
+def test_demo_on_mnist_idx_files(tmp_path):
+    """--data mnist --mnist-dir PATH runs the same experiment (synthetic IDX files, 28x28)."""
+    import gzip
+    import struct
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+
+    def write(name, arr):
+        header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + arr.tobytes())
+    write("train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    write("train-labels-idx1-ubyte.gz", (np.arange(40) % 10).astype(np.uint8))
+    write("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    write("t10k-labels-idx1-ubyte.gz", (np.arange(20) % 10).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["demo", "--data", "mnist", "--mnist-dir", str(tmp_path), "--epochs", "1", "--width", "2",
+                 "--timing-batches", "2", "--no-progress", "--threads", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["data"] == "mnist-28x28" and metrics["config"]["n_train"] == 40
