@@ -429,3 +429,14 @@ EXAMPLES = sorted((os.path.dirname(os.path.dirname(os.path.abspath(__file__))) +
 def test_layer_examples_run(path, capsys):
     import runpy
     runpy.run_path(path, run_name="__main__")
+
+
+def test_docs_nn_md_code_blocks_run():
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "docs", "nn.md")
+    if not os.path.exists(path):
+        pytest.skip("docs/nn.md not present")
+    namespace = {}
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", open(path).read(), re.S)):
+        exec(compile(block, f"docs/nn.md block {i}", "exec"), namespace)
