@@ -33,6 +33,13 @@ from equifast._args import make_plan
 from equifast._layout import empty_stack, is_channels_last
 
 BACKENDS = equifast.available_backends("cpu")
+# every CPU backend, plus every CUDA backend as "cuda:<name>" on a GPU machine (oracle on CPU)
+TARGETS = list(BACKENDS) + ([f"cuda:{b}" for b in equifast.available_backends("cuda") if b != "reference"]
+                            if torch.cuda.is_available() else [])
+
+
+def split_target(target):
+    return tuple(target.split(":")) if ":" in target else ("cpu", target)
 GROUPS = ("C1", "C2", "C4", "D1", "D2", "D4", "C8")   # every exact group and one interpolated
 FRAMES = ("view", "canonical")
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
@@ -122,8 +129,8 @@ def conv_case(draw, op, group=None, dtypes=(torch.float32, torch.float64), tiny=
 # ---------------------------------------------------------------------------
 # building tensors in a layout
 # ---------------------------------------------------------------------------
-def _randn(gen, *shape, dtype=torch.float64):
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+def _randn(gen, *shape, dtype=torch.float64, device="cpu"):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def in_layout(values, layout, gen):
@@ -136,7 +143,7 @@ def in_layout(values, layout, gen):
             return values.contiguous(memory_format=torch.channels_last)
         return empty_stack(shape, True, dtype=values.dtype, device=values.device).copy_(values)
     if layout == "sliced":  # every other element of the last dim, offset by one channel-like row
-        big = _randn(gen, *shape[:-1], 2 * shape[-1] + 1, dtype=values.dtype)
+        big = _randn(gen, *shape[:-1], 2 * shape[-1] + 1, dtype=values.dtype, device=values.device)
         view = big[..., 1::2]
         view.copy_(values)
         return view
@@ -149,15 +156,15 @@ def in_layout(values, layout, gen):
     raise ValueError(layout)
 
 
-def expanded_like(shape, gen, dtype):
+def expanded_like(shape, gen, dtype, device="cpu"):
     """A stride-0 expanded tensor of ``shape`` (batch and last dim broadcast)."""
     small = list(shape)
     small[0] = 1
     small[-1] = 1
-    return _randn(gen, *small, dtype=dtype).expand(*shape)
+    return _randn(gen, *small, dtype=dtype, device=device).expand(*shape)
 
 
-def make_inputs(case):
+def make_inputs(case, device="cpu"):
     gen = torch.Generator().manual_seed(case["seed"])
     op, n, B, C_in, C_out = case["op"], case["n"], case["B"], case["C_in"], case["C_out"]
     H, W, kh, kw = case["H"], case["W"], case["kh"], case["kw"]
@@ -178,19 +185,19 @@ def make_inputs(case):
         x_shape[1] = n + 1
     dtype = case["dtype"]
     if case["x_layout"] == "expanded":
-        x = expanded_like(x_shape, gen, dtype)
+        x = expanded_like(x_shape, gen, dtype, device)
     else:
-        x = in_layout(_randn(gen, *x_shape, dtype=dtype), case["x_layout"], gen)
-    w = in_layout(_randn(gen, *w_shape, dtype=dtype), case["w_layout"], gen)
-    b = in_layout(_randn(gen, C_out, dtype=dtype), "sliced" if case["w_layout"] == "sliced" else "contiguous",
-                  gen) if case["bias"] else None
+        x = in_layout(_randn(gen, *x_shape, dtype=dtype, device=device), case["x_layout"], gen)
+    w = in_layout(_randn(gen, *w_shape, dtype=dtype, device=device), case["w_layout"], gen)
+    b = in_layout(_randn(gen, C_out, dtype=dtype, device=device),
+                  "sliced" if case["w_layout"] == "sliced" else "contiguous", gen) if case["bias"] else None
     return x, w, b
 
 
-def make_grad_out(shape, dtype, layout, gen):
+def make_grad_out(shape, dtype, layout, gen, device="cpu"):
     if layout == "expanded":
-        return expanded_like(shape, gen, dtype)
-    return in_layout(_randn(gen, *shape, dtype=dtype), layout, gen)
+        return expanded_like(shape, gen, dtype, device)
+    return in_layout(_randn(gen, *shape, dtype=dtype, device=device), layout, gen)
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +220,7 @@ def run(case, backend, x, w, b, grad_out_fn):
 
 def oracle(case, x, w, b, grad_out):
     """The reference backend in float64 on contiguous copies: values and element-wise bounds."""
-    d = lambda t: None if t is None else t.detach().to(torch.float64).contiguous()  # noqa: E731
+    d = lambda t: None if t is None else t.detach().cpu().to(torch.float64).contiguous()  # noqa: E731
     x64, w64, b64 = d(x), d(w), d(b)
     go = d(grad_out)
     f = getattr(equifast, case["op"])
@@ -234,7 +241,7 @@ def oracle(case, x, w, b, grad_out):
 
 def assert_within(name, got, ref, bound, tol, ctx):
     assert got.shape == ref.shape, f"{ctx}: {name} has shape {list(got.shape)}, expected {list(ref.shape)}"
-    err = (got.detach().to(torch.float64) - ref).abs()
+    err = (got.detach().cpu().to(torch.float64) - ref).abs()
     allowed = tol * (bound + ref.abs()) + tol * 1e-3 * float(bound.max()) if bound.numel() else bound
     bad = ~(err <= allowed)
     if bool(bad.any()):
@@ -254,15 +261,16 @@ def refusal(backend, case, x, w):
     return "" if ok else (reason or "refused without a reason")
 
 
-def check_case(backend, case):
-    x, w, b = make_inputs(case)
+def check_case(target, case):
+    device, backend = split_target(target)
+    x, w, b = make_inputs(case, device)
     ctx = f"backend={backend} case={ {k: v for k, v in case.items() if k != 'seed'} } seed={case['seed']}"
     note(ctx)
     f = getattr(equifast, case["op"])
     # the oracle decides whether the call is valid
     try:
-        f(x.detach().to(torch.float64).contiguous(), w.detach().to(torch.float64).contiguous(),
-          None if b is None else b.detach().to(torch.float64), backend="reference", **conv_kwargs(case))
+        d = lambda t: None if t is None else t.detach().cpu().to(torch.float64).contiguous()  # noqa: E731
+        f(d(x), d(w), d(b), backend="reference", **conv_kwargs(case))
     except (ValueError, TypeError, RuntimeError) as exc:
         event(f"invalid: {type(exc).__name__}")
         try:
@@ -285,7 +293,7 @@ def check_case(backend, case):
     holder = {}
 
     def grad_out_fn(out):
-        holder["go"] = make_grad_out(out.shape, out.dtype, case["go_layout"], gen)
+        holder["go"] = make_grad_out(out.shape, out.dtype, case["go_layout"], gen, out.device)
         return holder["go"]
 
     out, grads = run(case, backend, x, w, b, grad_out_fn)
@@ -312,20 +320,23 @@ def check_case(backend, case):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("op", ["lift_conv", "group_conv"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fuzz_matches_reference(backend, op, group):
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzz_matches_reference(target, op, group):
+    interpreted = target in INTERPRETED  # (a "cuda:triton" target is compiled)
+
     @seed(stable_seed(op, group))
-    @settings(max_examples=examples(backend, 0.25))
-    @given(case=conv_case(op, group, tiny=backend in INTERPRETED))
+    @settings(max_examples=examples(target, 0.25))
+    @given(case=conv_case(op, group, tiny=interpreted))
     def prop(case):
-        check_case(backend, case)
+        check_case(target, case)
 
     prop()
 
 
-def _low_precision_check(backend, case):
+def _low_precision_check(target, case):
     """flash-attention's rule: |out16 - ref32| <= 2 |torch16 - ref32| + atol, on every result."""
-    x, w, b = make_inputs(case)
+    device, backend = split_target(target)
+    x, w, b = make_inputs(case, device)
     if x.numel() == 0:
         return
     f = getattr(equifast, case["op"])
@@ -341,18 +352,19 @@ def _low_precision_check(backend, case):
 
     def grad_out_fn(out):
         if "go" not in go_holder:
-            go_holder["go"] = make_grad_out(out.shape, out.dtype, case["go_layout"], gen)
-        return go_holder["go"].to(out.dtype)
+            go_holder["go"] = make_grad_out(out.shape, out.dtype, case["go_layout"], gen)  # CPU
+        return go_holder["go"].to(device=out.device, dtype=out.dtype)
 
     def results(bk, xx, ww, bb):
         c = dict(case, dtype=xx.dtype)
         out, grads = run(c, bk, xx, ww, bb, grad_out_fn)
         return [out] + grads
 
-    up = lambda t: None if t is None else t.float()  # noqa: E731
+    up = lambda t: None if t is None else t.cpu().float()  # noqa: E731
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
     ref32 = results("reference", up(x), up(w), up(b))
-    torch16 = results("reference", x, w, b)
-    mine = results(backend, x, w, b)
+    torch16 = results("reference", cpu(x), cpu(w), cpu(b))
+    mine = [cpu(t) for t in results(backend, x, w, b)]
     ctx = f"backend={backend} case={case}"
     note(ctx)
     for name, m, t, r in zip(("output", "grad_x", "grad_weight", "grad_bias"), mine, torch16, ref32):
@@ -370,12 +382,12 @@ def _low_precision_check(backend, case):
 
 
 @pytest.mark.parametrize("op", ["lift_conv", "group_conv"])
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
-def test_fuzz_float16_flash_attention_rule(backend, op):
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "reference"])
+def test_fuzz_float16_flash_attention_rule(target, op):
     @seed(stable_seed(op, "float16"))
-    @settings(max_examples=examples(backend, 0.6))
+    @settings(max_examples=examples(target, 0.6))
     @given(case=conv_case(op, dtypes=(torch.float16,), tiny=True).filter(lambda c: c["defect"] is None))
     def prop(case):
-        _low_precision_check(backend, case)
+        _low_precision_check(target, case)
 
     prop()

@@ -17,9 +17,6 @@ on a GPU machine); a case a backend's ``supports()`` refuses is skipped after ch
 requesting that backend explicitly raises a clear error.
 """
 import contextlib
-import math
-import os
-import sys
 import types
 
 import pytest
@@ -31,14 +28,23 @@ from equifast._args import make_plan
 from equifast._layout import empty_stack, is_channels_last
 
 BACKENDS = equifast.available_backends("cpu")
-KERNEL_BACKENDS = [b for b in BACKENDS if b not in ("reference", "torch")]
 CUDA_BACKENDS = equifast.available_backends("cuda") if torch.cuda.is_available() else []
+# (device, backend) pairs: every CPU backend, plus every CUDA one on a GPU machine ("cuda:<name>")
+TARGETS = list(BACKENDS) + [f"cuda:{b}" for b in CUDA_BACKENDS]
+KERNEL_TARGETS = [t for t in TARGETS if t.split(":")[-1] not in ("reference", "torch")]
+
+
+def split_target(target):
+    """"torch" -> ("cpu", "torch"); "cuda:triton" -> ("cuda", "triton")."""
+    return tuple(target.split(":")) if ":" in target else ("cpu", target)
 # Kernel backends whose index math was reviewed to be 64-bit throughout, until the module itself
 # declares INDEX_BITS = 64 (see equifast/_limits.py): name -> what was reviewed.
 REVIEWED_64BIT = {
     "cpu": "csrc/cpu/*.h, *.cpp: every offset, count and loop index is int64_t (reviewed 2026-11-23)",
     "triton": "element offsets in tl.int64 (rm64/rn64, table loads cast to int64); 32-bit row/column "
               "counts refused in supports() (reviewed 2026-11-23)",
+    "cuda": "csrc/cuda: int64_t offsets; grid limits checked by TORCH_CHECK before each launch "
+            "(reviewed 2026-11-23, not run: no GPU)",
 }
 OPS = ("lift_conv", "group_conv")
 FRAMES = ("view", "canonical")
@@ -63,7 +69,7 @@ def _threads(request):
 # helpers
 # ---------------------------------------------------------------------------
 def problem(op, group, *, B=2, C_in=2, C_out=3, H=5, W=None, k=3, bias=True, dtype=torch.float32,
-            channels_last=False, seed=0):
+            channels_last=False, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     n = groups.get(group).order
     W = H if W is None else W
@@ -74,8 +80,8 @@ def problem(op, group, *, B=2, C_in=2, C_out=3, H=5, W=None, k=3, bias=True, dty
         x = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
         w = torch.randn(C_out, n, C_in, k, k, generator=gen, dtype=torch.float64)
     b = torch.randn(C_out, generator=gen, dtype=torch.float64) if bias else None
-    x, w = x.to(dtype), w.to(dtype)
-    b = None if b is None else b.to(dtype)
+    x, w = x.to(device, dtype), w.to(device, dtype)
+    b = None if b is None else b.to(device, dtype)
     if channels_last:
         x = to_channels_last(x)
     return x, w, b
@@ -115,7 +121,7 @@ def grads(op, x, w, b, backend, grad_out=None, **kw):
     out = call(op, *leaves, backend, **kw)
     if grad_out is None:
         gen = torch.Generator().manual_seed(123)
-        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
     wanted = [t for t in leaves if t is not None]
     gs = torch.autograd.grad(out, wanted, grad_out, allow_unused=True)
     gs = list(gs) + [None] * (3 - len(gs))
@@ -208,9 +214,10 @@ UNWRITTEN_CASES = [
 ]
 
 
-def _check_fully_written(backend, case, mode):
+def _check_fully_written(target, case, mode):
+    device, backend = split_target(target)
     op, group, frame, stride, padding, cl, B, H = case
-    x, w, b = problem(op, group, B=B, H=H, channels_last=cl)
+    x, w, b = problem(op, group, B=B, H=H, channels_last=cl, device=device)
     kw = dict(group=group, frame=frame, stride=stride, padding=padding)
     skip_if_refused(backend, op, x, w, b, **kw)
     n = groups.get(group).order
@@ -220,10 +227,10 @@ def _check_fully_written(backend, case, mode):
     else:
         ctx = nan_fill_uninitialized()
     with ctx:
-        pin = poison_allocator(*numels)
+        pin = poison_allocator(*numels, device=device)
         out = call(op, x, w, b, backend, **kw)
         assert_fully_written(f"{backend} {op} output", out)
-        pin = poison_allocator(*numels)
+        pin = poison_allocator(*numels, device=device)
         _, gx, gw, gb = grads(op, x, w, b, backend, **kw)
         del pin
     for name, g in (("grad_x", gx), ("grad_weight", gw), ("grad_bias", gb)):
@@ -232,9 +239,9 @@ def _check_fully_written(backend, case, mode):
 
 @pytest.mark.parametrize("mode", ["allocator", "nan_fill"])
 @pytest.mark.parametrize("case", UNWRITTEN_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-s{c[3]}-p{c[4]}-cl{int(c[5])}")
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_outputs_fully_written(backend, case, mode):
-    _check_fully_written(backend, case, mode)
+@pytest.mark.parametrize("target", TARGETS)
+def test_outputs_fully_written(target, case, mode):
+    _check_fully_written(target, case, mode)
 
 
 def _broken_backend(leave_unwritten):
@@ -285,8 +292,8 @@ def test_allocator_poisoning_reaches_empty():
 # ---------------------------------------------------------------------------
 # NaN / Inf propagation
 # ---------------------------------------------------------------------------
-def _nonfinite_problem(op, group, dtype=torch.float32):
-    x, w, b = problem(op, group, B=2, C_in=2, C_out=2, H=6, dtype=dtype, seed=3)
+def _nonfinite_problem(op, group, dtype=torch.float32, device="cpu"):
+    x, w, b = problem(op, group, B=2, C_in=2, C_out=2, H=6, dtype=dtype, seed=3, device=device)
     if op == "lift_conv":
         x[0, 0, 0, 0] = NAN        # pixel 0: the placeholder index of taps outside the image
         x[1, 1, 2, 3] = INF
@@ -326,13 +333,15 @@ def test_reference_nonfinite_follow_dependencies(op, group, frame):
 @pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("group", ["C4", "D4", "C8"])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_nonfinite_propagate_like_conv2d(backend, op, group, frame):
-    x, w, b = _nonfinite_problem(op, group)
+@pytest.mark.parametrize("target", TARGETS)
+def test_nonfinite_propagate_like_conv2d(target, op, group, frame):
+    device, backend = split_target(target)
+    x, w, b = _nonfinite_problem(op, group, device=device)
     kw = dict(group=group, frame=frame, padding=1)
     skip_if_refused(backend, op, x, w, b, **kw)
+    out, gx, gw, gb = (None if t is None else t.cpu() for t in grads(op, x, w, b, backend, **kw))
+    x, w, b = x.cpu(), w.cpu(), b.cpu()
     out_ref, gx_ref, gw_ref, gb_ref = grads(op, x, w, b, "reference", **kw)
-    out, gx, gw, gb = grads(op, x, w, b, backend, **kw)
     assert_same_masks(f"{backend} {op} output", out, out_ref)
     assert_same_masks(f"{backend} {op} output vs dependencies", ~torch.isfinite(out) * 1.0,
                       _dependency_mask(op, x, w, **kw) * 1.0)
@@ -348,9 +357,10 @@ def test_nonfinite_propagate_like_conv2d(backend, op, group, frame):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch(backend, op, channels_last):
-    x, w, b = problem(op, "C4", B=0, H=5, channels_last=channels_last)
+@pytest.mark.parametrize("target", TARGETS)
+def test_empty_batch(target, op, channels_last):
+    device, backend = split_target(target)
+    x, w, b = problem(op, "C4", B=0, H=5, channels_last=channels_last, device=device)
     skip_if_refused(backend, op, x, w, b, padding=1)
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
     out = call(op, xr, wr, br, backend, padding=1)
@@ -375,14 +385,15 @@ ONE_BY_ONE = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", ONE_BY_ONE, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_one_by_one_images(backend, op, case, dtype):
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_by_one_images(target, op, case, dtype):
+    device, backend = split_target(target)
     group, frame, k, stride, padding = case
-    x, w, b = problem(op, group, B=2, H=1, k=k, dtype=dtype)
+    x, w, b = problem(op, group, B=2, H=1, k=k, dtype=dtype, device=device)
     kw = dict(group=group, frame=frame, stride=stride, padding=padding)
     skip_if_refused(backend, op, x, w, b, **kw)
-    ref = grads(op, x, w, b, "reference", **kw)
-    got = grads(op, x, w, b, backend, **kw)
+    got = [t.cpu() for t in grads(op, x, w, b, backend, **kw)]
+    ref = grads(op, x.cpu(), w.cpu(), b.cpu(), "reference", **kw)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for name, r, g in zip(("output", "grad_x", "grad_weight", "grad_bias"), ref, got):
         torch.testing.assert_close(g, r, rtol=tol, atol=tol, msg=lambda m: f"{backend} {op} {name}: {m}")
@@ -391,24 +402,24 @@ def test_one_by_one_images(backend, op, case, dtype):
 # ---------------------------------------------------------------------------
 # sizes past 2^31 elements
 # ---------------------------------------------------------------------------
-def _big(*shape):
+def _big(*shape, device="cpu"):
     """An expanded stride-0 tensor: any numel, 4 bytes of memory."""
-    return torch.zeros(()).expand(*shape)
+    return torch.zeros((), device=device).expand(*shape)
 
 
 BIG_CASES = {
-    # name: (op, group, x, weight) -- one of input / output / weight past 2^31 elements
-    "input": ("lift_conv", "C4", lambda: _big(1, 1, 46341, 46341), lambda: _big(1, 1, 1, 1)),
-    "output": ("lift_conv", "C4", lambda: _big(1, 1, 1024, 1024), lambda: _big(2048, 1, 1, 1)),
-    "weight": ("lift_conv", "C1", lambda: _big(1, 65536, 1, 1), lambda: _big(32769, 65536, 1, 1)),
-    "stack": ("group_conv", "C4", lambda: _big(1, 4, 1, 23171, 23171), lambda: _big(1, 4, 1, 1, 1)),
-    "stack-output": ("group_conv", "D4", lambda: _big(2, 8, 1, 128, 128), lambda: _big(8193, 8, 1, 1, 1)),
+    # name: (op, group, x shape, weight shape) -- one of input / output / weight past 2^31 elements
+    "input": ("lift_conv", "C4", (1, 1, 46341, 46341), (1, 1, 1, 1)),
+    "output": ("lift_conv", "C4", (1, 1, 1024, 1024), (2048, 1, 1, 1)),
+    "weight": ("lift_conv", "C1", (1, 65536, 1, 1), (32769, 65536, 1, 1)),
+    "stack": ("group_conv", "C4", (1, 4, 1, 23171, 23171), (1, 4, 1, 1, 1)),
+    "stack-output": ("group_conv", "D4", (2, 8, 1, 128, 128), (8193, 8, 1, 1, 1)),
 }
 
 
 def test_limits_helper():
-    for name, (op, group, mk_x, mk_w) in BIG_CASES.items():
-        x, w = mk_x(), mk_w()
+    for name, (op, group, x_shape, w_shape) in BIG_CASES.items():
+        x, w = _big(*x_shape), _big(*w_shape)
         plan = make_plan(group, 1, 0, 1, "view", 1, 1, op)
         reason = _limits.int32_reason(plan, x, w)
         assert "2^31" in reason, name
@@ -423,25 +434,28 @@ def test_limits_helper():
 
 
 @pytest.mark.parametrize("case", sorted(BIG_CASES))
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_int32_guard_before_any_kernel(backend, case):
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+def test_int32_guard_before_any_kernel(target, case):
     """A kernel backend refuses > 2^31-element calls in supports() (nothing allocated, no kernel
     launched: backends.resolve calls supports() first), unless it declares 64-bit offsets."""
-    op, group, mk_x, mk_w = BIG_CASES[case]
-    x, w = mk_x(), mk_w()
+    device, backend = split_target(target)
+    op, group, x_shape, w_shape = BIG_CASES[case]
+    x, w = _big(*x_shape, device=device), _big(*w_shape, device=device)
+    reason = refused(backend, op, x, w, group=group)
+    if reason:  # refused up front: the reason must say why, and the explicit call must raise it
+        assert any(t in reason for t in ("2^31", "2**31", "int32", "32-bit", str(2 ** 31 - 1))), reason
+        with pytest.raises(RuntimeError, match=f"backend '{backend}' does not support this call"):
+            call(op, x, w, None, backend, group=group)
+        return
     mod = backends.module(backend)
     if getattr(mod, "INDEX_BITS", 32) == 64 or backend in REVIEWED_64BIT:
         why = REVIEWED_64BIT.get(backend, "the module declares INDEX_BITS = 64")
-        pytest.skip(f"backend {backend!r} has 64-bit offsets ({why}); the real size needs a GPU or > 8 GB: "
-                    f"test_large_tensor_gpu")
-    reason = refused(backend, op, x, w, group=group)
-    assert reason, (f"backend {backend!r}: supports() accepts a call whose {case} has more than 2^31 elements "
-                    f"(x {list(x.shape)}, weight {list(w.shape)}) and the module declares no INDEX_BITS = 64: "
-                    f"add `reason = equifast._limits.int32_reason(plan, x, weight)` to supports() "
-                    f"(or make every offset 64-bit and set INDEX_BITS = 64)")
-    assert any(s in reason for s in ("2^31", "2**31", "int32", "32-bit", str(2 ** 31 - 1))), reason
-    with pytest.raises(RuntimeError, match=f"backend '{backend}' does not support this call"):
-        call(op, x, w, None, backend, group=group)
+        pytest.skip(f"backend {backend!r} accepts it with 64-bit offsets ({why}); the real size needs a GPU "
+                    f"or > 8 GB: test_large_tensor_gpu")
+    pytest.fail(f"backend {backend!r}: supports() accepts a call whose {case} has more than 2^31 elements "
+                f"(x {list(x.shape)}, weight {list(w.shape)}) and the module declares no INDEX_BITS = 64: "
+                f"add `reason = equifast._limits.int32_reason(plan, x, weight)` to supports() "
+                f"(or make every offset 64-bit and set INDEX_BITS = 64)")
 
 
 @pytest.mark.gpu
@@ -455,8 +469,8 @@ def test_large_tensor_gpu(backend):
     w = torch.full((1, 1, 1, 1), 0.5, device="cuda", dtype=torch.float16)
     try:
         out = equifast.lift_conv(x, w, group="C4", backend=backend)
-    except RuntimeError as exc:
-        assert "2^31" in str(exc) or "32-bit" in str(exc), exc
+    except RuntimeError as exc:  # a clear refusal, raised before any kernel ran
+        assert any(s in str(exc) for s in ("2^31", "32-bit", "too large")), exc
         return
     torch.cuda.synchronize()
     for g in range(4):  # out[:, g] = rot90(x, -g) * w  (view frame, act(x, g^-1))
@@ -473,25 +487,27 @@ DET_CASES = [("lift_conv", "C4", "view", False), ("lift_conv", "C8", "canonical"
 
 
 @pytest.mark.parametrize("case", DET_CASES, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_forward_bitwise_reproducible(backend, case):
+@pytest.mark.parametrize("target", TARGETS)
+def test_forward_bitwise_reproducible(target, case):
+    device, backend = split_target(target)
     op, group, frame, cl = case
-    x, w, b = problem(op, group, B=2, H=6, channels_last=cl)
+    x, w, b = problem(op, group, B=2, H=6, channels_last=cl, device=device)
     kw = dict(group=group, frame=frame, padding=1)
     skip_if_refused(backend, op, x, w, b, **kw)
     first = call(op, x, w, b, backend, **kw)
     for _ in range(2):
-        pin = poison_allocator(first.numel())  # noqa: F841
+        pin = poison_allocator(first.numel(), device=device)  # noqa: F841
         again = call(op, x, w, b, backend, **kw)
         assert bitwise_equal(first, again), f"{backend} {op}: forward differs between identical calls"
         assert again.stride() == first.stride()
 
 
 @pytest.mark.parametrize("case", DET_CASES, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backward_reproducible_in_deterministic_mode(backend, case):
+@pytest.mark.parametrize("target", TARGETS)
+def test_backward_reproducible_in_deterministic_mode(target, case):
+    device, backend = split_target(target)
     op, group, frame, cl = case
-    x, w, b = problem(op, group, B=2, H=6, channels_last=cl)
+    x, w, b = problem(op, group, B=2, H=6, channels_last=cl, device=device)
     kw = dict(group=group, frame=frame, padding=1)
     skip_if_refused(backend, op, x, w, b, **kw)
     runs = []
