@@ -29,7 +29,7 @@ struct Geom {
   int64_t n = 1, Ho = 0, Wo = 0;              // output [B, n, Co, Ho, Wo]
   int64_t sh = 1, sw = 1, pt = 0, pl = 0, dh = 1, dw = 1;
   int64_t xs[5] = {0, 0, 0, 0, 0};            // input strides (b, copy, c, row, col), elements
-  int64_t K() const { return m * C * kh * kw; }
+  C10_HOST_DEVICE int64_t K() const { return m * C * kh * kw; }
 };
 
 // What the device kernels get: geometry plus the prepared tables, all on the input's device.

@@ -2,10 +2,10 @@
 # Compile equifast's CUDA sources without a GPU, so that a broken .cu fails CI.
 #
 # Creates (or reuses) a separate venv .venv-cuda with torch==2.14.1 (a CUDA 13.0 build) and compiles
-# csrc/ (CPU + CUDA sources) with the machine's nvcc into a temporary directory; the in-place
+# csrc/ (CPU + CUDA sources) with the machine's nvcc into .venv-cuda/equifast-build (incremental); the in-place
 # CPU build of the main venv is left alone. Env: CUDA_HOME (default /usr/local/cuda),
 # TORCH_CUDA_ARCH_LIST (default 9.0), PYTHON (default python3), MAX_JOBS (default: cores),
-# EQUIFAST_CUDA_VENV (default .venv-cuda), KEEP_BUILD=1 keeps the build directory.
+# EQUIFAST_CUDA_VENV (default .venv-cuda), CLEAN=1 rebuilds from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -31,22 +31,30 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$T
 fi
 say "torch $("$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
 
-# Headers torch's CUDA build expects from the nvidia-* wheels (cu13 layout), next to CUDA_HOME's.
+# Headers torch's CUDA build expects from the nvidia-* wheels (cu13 layout); setup.py adds them too.
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-for inc in "$SITE/nvidia/cu13/include" "$SITE"/nvidia/*/include; do
+for inc in "$SITE"/nvidia/cu[0-9]*/include; do
   if [ -d "$inc" ]; then export CPATH="${CPATH:+$CPATH:}$inc"; fi
 done
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/equifast-cuda-check.XXXXXX")
-if [ "${KEEP_BUILD:-0}" != "1" ]; then trap 'rm -rf "$TMP"' EXIT; fi
+# Build directory inside the (git-ignored) venv, so that reruns are incremental (ninja); CLEAN=1 wipes it.
+BUILD="${EQUIFAST_CUDA_BUILD_DIR:-$VENV/equifast-build}"
+if [ "${CLEAN:-0}" = "1" ]; then rm -rf "$BUILD"; fi
+mkdir -p "$BUILD"
+rm -rf "$BUILD/lib"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-say "compiling $(ls csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu 2>/dev/null | tr '\n' ' ')for sm_${TORCH_CUDA_ARCH_LIST/./} (MAX_JOBS=$MAX_JOBS) into $TMP"
+say "compiling $(ls csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu 2>/dev/null | tr '\n' ' ')for sm_${TORCH_CUDA_ARCH_LIST/./} (MAX_JOBS=$MAX_JOBS) into $BUILD"
 EQUIFAST_BUILD_CUDA=1 PATH="$(dirname "$PY"):$CUDA_HOME/bin:$PATH" \
-  "$PY" setup.py -q build_ext --build-temp "$TMP/temp" --build-lib "$TMP/lib" >"$TMP/build.log" 2>&1 || {
-  grep -E "error|Error" "$TMP/build.log" | head -n 60 || true
-  echo "---- last lines of the build log ----"; tail -n 40 "$TMP/build.log"
+  "$PY" setup.py -q build_ext --build-temp "$BUILD/temp" --build-lib "$BUILD/lib" >"$BUILD/build.log" 2>&1 || {
+  grep -E "error" "$BUILD/build.log" | sort | uniq | head -n 60 || true
+  echo "---- last lines of the build log ($BUILD/build.log) ----"; tail -n 25 "$BUILD/build.log"
   say "FAILED: the CUDA sources do not compile"; exit 1; }
-SO=$(find "$TMP/lib" -name '_C*.so' | head -n 1)
+SO=$(find "$BUILD/lib" -name '_C*.so' | head -n 1)
 if [ -z "$SO" ]; then say "FAILED: no equifast/_C*.so produced"; exit 1; fi
-if ! nm -DC "$SO" | grep -q "cuda"; then say "FAILED: $SO has no CUDA symbols"; exit 1; fi
-say "OK: built $(basename "$SO") ($(du -h "$SO" | cut -f1)) with CUDA kernels; $(grep -c -i warning "$TMP/build.log" || true) warning lines"
+SYMS="$BUILD/symbols.txt"
+nm -D "$SO" >"$SYMS" || true
+if ! grep -q "__cudaRegisterFatBinary" "$SYMS"; then say "FAILED: $SO contains no CUDA kernels"; exit 1; fi
+for obj in lift_conv group_conv; do
+  if [ -z "$(find "$BUILD/temp" -path "*csrc/cuda/$obj.o" | head -n 1)" ]; then say "FAILED: csrc/cuda/$obj.cu was not compiled"; exit 1; fi
+done
+say "OK: built $(basename "$SO") ($(du -h "$SO" | cut -f1)) with the CUDA kernels for sm_${TORCH_CUDA_ARCH_LIST/./}; $(grep -c -i "warning" "$BUILD/build.log" || true) warning lines in $BUILD/build.log"

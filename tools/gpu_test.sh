@@ -1,6 +1,31 @@
 #!/usr/bin/env bash
-# Placeholder until the C++/CUDA extension lands (issue 4): there are no CUDA sources yet.
+# On a machine with a CUDA GPU and torch already installed (the lent device: Python 3.12,
+# torch 2.11 + CUDA 13.0, triton, nvcc, ninja, pytest, hypothesis; no registry access):
+# build equifast._C with its CUDA kernels and run the GPU tests.
+#
+#   bash tools/gpu_test.sh                 # tests/test_extension_cuda.py + every other test marked gpu
+#   GPU_TESTS="tests/test_extension_cuda.py" bash tools/gpu_test.sh
+# Env: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's), PYTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ls csrc/cuda/*.cu >/dev/null 2>&1; then echo "no CUDA sources under csrc/cuda: nothing to do"; exit 0; fi
-echo "CUDA sources present but this script was not written yet" >&2; exit 1
+PY="${PYTHON:-python3}"
+say() { echo "[gpu-test] $*"; }
+
+if ! ls csrc/cuda/*.cu >/dev/null 2>&1; then say "no CUDA sources under csrc/cuda: nothing to do"; exit 0; fi
+"$PY" - <<'PYEOF'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("[gpu-test] ERROR: no CUDA device visible to torch")
+print(f"[gpu-test] torch {torch.__version__} (CUDA {torch.version.cuda}) on {torch.cuda.get_device_name(0)}")
+PYEOF
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null 2>&1; then
+  CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"; export CUDA_HOME
+fi
+say "building equifast (EQUIFAST_BUILD_CUDA=1, CUDA_HOME=${CUDA_HOME:-unset})"
+EQUIFAST_BUILD_CUDA=1 "$PY" -m pip install -q -e . --no-build-isolation --no-deps
+# editable installs build into build/; make sure the in-place module is the fresh one as well
+EQUIFAST_BUILD_CUDA=1 "$PY" setup.py -q build_ext --inplace
+"$PY" -c "import equifast.extension as e; ok, why = e.load(); assert ok, why; assert e.cuda_compiled(), 'no CUDA kernels in equifast._C'; print('[gpu-test] equifast._C loaded with CUDA kernels')"
+TESTS="${GPU_TESTS:-tests}"
+say "pytest -m gpu $TESTS"
+"$PY" -m pytest -q -m gpu $TESTS ${PYTEST_ARGS:-}
