@@ -7,7 +7,7 @@ from equifast import groups
 from equifast.models import Figure3Net, PlainCNN, ResGCNN
 from equifast.nn import equivariance_error
 
-BACKENDS = [b for b in equifast.available_backends("cpu") if b != "triton"]
+BACKENDS = equifast.available_backends("cpu")   # triton: its interpreter on CPU under the tests (float32 only)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,12 +35,13 @@ def test_figure3net_default_constructor(size):
 def test_figure3net_equivariant_train_mode_and_backends(backend):
     G = groups.get("C4")
     torch.manual_seed(1)
-    m = Figure3Net(backend=backend, width=4).double()
-    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    m = Figure3Net(backend=backend, width=4).to(dtype)
+    x = torch.randn(4, 1, 8, 8, dtype=dtype)
     y = m(x).view(4, 4, 10)
     for g in range(4):
         # rotating the input by 90°·g moves the 10-score blocks by g slots (the paper's Figure 4)
-        torch.testing.assert_close(m(G.act(x, g)).view(4, 4, 10), G.act_regular(y, g))
+        torch.testing.assert_close(m(G.act(x, g)).view(4, 4, 10), G.act_regular(y, g), atol=1e-4, rtol=1e-4)
     m.eval()
     torch.testing.assert_close(m.invariant(G.act(x, 1)), m.invariant(x))
 
