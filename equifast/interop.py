@@ -34,7 +34,6 @@ before comparing numbers.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["from_field_major", "to_field_major", "is_field_major"]

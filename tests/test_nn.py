@@ -51,10 +51,6 @@ def _supports(backend, layer, x):
         pytest.skip(f"{backend}: {why}")
 
 
-def _act_in(G, x, g):
-    return G.act(x, g)
-
-
 # ---------------------------------------------------------------------------- conv layers
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("group", GROUPS)
@@ -470,3 +466,16 @@ def test_layers_on_cuda(backend, frame):
         torch.testing.assert_close(net(G.act(x, g)), G.act_stack(y, g, frame), atol=1e-4, rtol=1e-4)
     y.sum().backward()
     assert net[0].weight.grad is not None
+
+
+def test_public_api_documented():
+    import equifast.data
+    import equifast.interop
+    import equifast.models
+    for mod in (enn, equifast.models, equifast.data, equifast.interop):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            assert obj.__doc__ and len(obj.__doc__.strip()) > 20, f"{mod.__name__}.{name} has no docstring"
+    for cls in (enn.LiftConv2d, enn.GroupConv2d, enn.GroupBatchNorm2d, enn.GroupPool, enn.Equivarify,
+                enn.OrientationHead, equifast.models.Figure3Net, equifast.models.ResGCNN):
+        assert "Shapes" in cls.__doc__ or "shape" in cls.__doc__.lower(), cls

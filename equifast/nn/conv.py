@@ -16,11 +16,10 @@ Frames (see docs/DESIGN):
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from .. import groups as _groups
 from .._args import make_plan
