@@ -65,13 +65,18 @@ def supports(plan, x, weight):
     kh, kw = weight.shape[-2:]
     Ho, Wo = plan.out_size(H, W, kh, kw)
     n = plan.order
-    C_in = x.shape[-3]
-    # Row/column counts are 32-bit program indices; element offsets are computed in 64 bits.
-    sizes = {"B*H*W": B * H * W, "B*H'*W'": B * Ho * Wo, "kh*kw*C_in*n": kh * kw * C_in * n,
-             "kh*kw*C_out": kh * kw * weight.shape[0], "n*H*W*taps": n * H * W * 8}
+    C_in, C_out = x.shape[-3], weight.shape[0]
+    # Row/column counts are 32-bit program indices, and offsets inside one sample are 32-bit
+    # (the batch term of every address is 64-bit), so tensors may exceed 2^31 elements in all.
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
+    sizes = {"B*H*W": B * H * W, "B*H'*W'": B * Ho * Wo,
+             "per-sample extent of the input": max(extent, x[0].numel() if B else 0),
+             "per-sample output size n*C_out*H'*W'": n * C_out * Ho * Wo,
+             "weight size": weight.numel(), "n*H*W*taps": n * H * W * 8,
+             "n*kh*kw*C_in": n * kh * kw * C_in, "n*kh*kw*C_out": n * kh * kw * C_out}
     for name, v in sizes.items():
         if v > _MAX_I32:
-            return False, f"{name} = {v} exceeds 2^31-1 (32-bit row/column indices of the Triton kernels)"
+            return False, f"{name} = {v} exceeds 2^31-1 (32-bit indices inside one sample in the Triton kernels)"
     return True, ""
 
 

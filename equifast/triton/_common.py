@@ -122,7 +122,8 @@ def gemm_configs():
     for bm, bn, bk, warps, stages in (
             (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4),
             (64, 128, 32, 4, 3), (128, 64, 64, 8, 3), (256, 64, 32, 8, 3), (64, 32, 32, 2, 4),
-            (32, 32, 32, 2, 2), (128, 16, 32, 4, 3)):
+            (32, 32, 32, 2, 2), (128, 16, 32, 4, 3), (64, 64, 32, 4, 2), (128, 64, 32, 8, 2),
+            (64, 128, 32, 4, 2)):
         cfgs.append(triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages))
     return cfgs
 
@@ -157,34 +158,36 @@ def split_k(tiles: int, reduction: int, device) -> int:
 # Device side: tile gathers
 # ---------------------------------------------------------------------------
 @triton.jit
-def gather_pixels(x_ptr, base, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
+def gather_pixels(row_ptr, cofs, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
                   MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Tile of an image read at view pixels (p, q) (int64 tiles, ``ok`` = inside the image):
-    without MAP x[base + p*sxh + q*sxw]; with MAP the view of element row ``g`` of the table,
-    Σ_t wt[g, p*W+q, t] · x[base + pixel index[g, p*W+q, t]]."""
+    """Tile of images read at view pixels (p, q) (int32 tiles, ``ok`` = inside the image):
+    ``row_ptr`` are per-row (or per-column) base pointers (the 64-bit batch offset), ``cofs`` the
+    int32 channel/slot offsets. Without MAP: x[row + cofs + p*sxh + q*sxw]; with MAP the view of
+    element row ``g`` of the table, Σ_t wt[g, p*W+q, t] · x[row + cofs + pixel index[g, p*W+q, t]].
+    Offsets inside one sample are int32 (``supports`` guards per-sample extents < 2^31)."""
     if MAP:
         vp = tl.where(ok, p * W + q, 0)
         row = (g * H * W + vp) * T
         if WEIGHTED:
             acc = tl.zeros(p.shape, dtype=tl.float32)
             for t in tl.static_range(T):
-                src = tl.load(tab_ptr + row + t, mask=ok, other=0).to(tl.int64)
+                src = tl.load(tab_ptr + row + t, mask=ok, other=0)
                 wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                v = tl.load(x_ptr + base + (src // W) * sxh + (src % W) * sxw, mask=ok, other=0.0)
+                v = tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok, other=0.0)
                 acc += wgt * v.to(tl.float32)
-            return acc.to(x_ptr.dtype.element_ty)
+            return acc.to(row_ptr.dtype.element_ty)
         else:
-            src = tl.load(tab_ptr + row, mask=ok, other=0).to(tl.int64)
-            return tl.load(x_ptr + base + (src // W) * sxh + (src % W) * sxw, mask=ok, other=0.0)
+            src = tl.load(tab_ptr + row, mask=ok, other=0)
+            return tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok, other=0.0)
     else:
-        return tl.load(x_ptr + base + p * sxh + q * sxw, mask=ok, other=0.0)
+        return tl.load(row_ptr + (cofs + p * sxh + q * sxw), mask=ok, other=0.0)
 
 
 @triton.jit
 def gather_taps(w_ptr, base, tap, ok, tab_ptr, wt_ptr, g, KK,
                 MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Tile of a (contiguous, taps innermost) weight read at taps ``tap``: without MAP
-    w[base + tap]; with MAP the kernel acted on by element row ``g``,
+    """Tile of a (contiguous, taps innermost) weight read at taps ``tap`` (int32 offsets): without
+    MAP w[base + tap]; with MAP the kernel acted on by element row ``g``,
     Σ_t wt[g, tap, t] · w[base + index[g, tap, t]]."""
     if MAP:
         row = (g * KK + tap) * T
@@ -193,11 +196,11 @@ def gather_taps(w_ptr, base, tap, ok, tab_ptr, wt_ptr, g, KK,
             for t in tl.static_range(T):
                 src = tl.load(tab_ptr + row + t, mask=ok, other=0)
                 wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                v = tl.load(w_ptr + base + src, mask=ok, other=0.0)
+                v = tl.load(w_ptr + (base + src), mask=ok, other=0.0)
                 acc += wgt * v.to(tl.float32)
             return acc.to(w_ptr.dtype.element_ty)
         else:
             src = tl.load(tab_ptr + row, mask=ok, other=0)
-            return tl.load(w_ptr + base + src, mask=ok, other=0.0)
+            return tl.load(w_ptr + (base + src), mask=ok, other=0.0)
     else:
-        return tl.load(w_ptr + base + tap, mask=ok, other=0.0)
+        return tl.load(w_ptr + (base + tap), mask=ok, other=0.0)

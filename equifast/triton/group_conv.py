@@ -38,6 +38,7 @@ def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
                       W_MAP: tl.constexpr, TK: tl.constexpr, WEIGHTED: tl.constexpr,
                       HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
     pid = tl.program_id(0)
     g = tl.program_id(1)
     num_n = tl.cdiv(C_out, BLOCK_N)
@@ -47,12 +48,13 @@ def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M
     n_ok = rn < C_out
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
     HoWo = Ho * Wo
-    bb = rm64 // HoWo
-    ii = (rm64 % HoWo) // Wo
-    jj = rm64 % Wo
+    bb = rm // HoWo
+    ii = (rm % HoWo) // Wo
+    jj = rm % Wo
+    s_row = (s_ptr + bb.to(tl.int64) * ssb)[:, None]
+    i0 = ii * sh - pt
+    j0 = jj * sw - pl
     KC = KK * C_in
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -60,25 +62,23 @@ def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
         k_ok = rk < K
         h = rk // KC
         tap = (rk % KC) // C_in
-        ci = (rk % C_in).to(tl.int64)
-        src_slot = tl.load(islot + g * n + h, mask=k_ok, other=0).to(tl.int64)
-        w_slot = tl.load(wslot + g * n + h, mask=k_ok, other=0).to(tl.int64)
-        ka = tap // KW
-        kc = tap % KW
-        p = ii[:, None] * sh - pt + ka[None, :] * dh
-        q = jj[:, None] * sw - pl + kc[None, :] * dw
+        ci = rk % C_in
+        src_slot = tl.load(islot + g * n + h, mask=k_ok, other=0)
+        w_slot = tl.load(wslot + g * n + h, mask=k_ok, other=0)
+        p = i0[:, None] + ((tap // KW) * dh)[None, :]
+        q = j0[:, None] + ((tap % KW) * dw)[None, :]
         ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-        a = tl.load(s_ptr + bb[:, None] * ssb + (src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw,
-                    mask=ok, other=0.0)
+        a = tl.load(s_row + ((src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw), mask=ok, other=0.0)
         w_ok = k_ok[:, None] & n_ok[None, :]
         tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
-        b = gather_taps(w_ptr, rn64[None, :] * (n * KC) + (w_slot * KC + ci * KK)[:, None], tap2, w_ok,
+        b = gather_taps(w_ptr, (rn * (n * KC))[None, :] + (w_slot * KC + ci * KK)[:, None], tap2, w_ok,
                         ktab, kwt, g, KK, W_MAP, TK, WEIGHTED)
         acc = tl.dot(a, b, acc, input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    offs = (bb * syb + g * syg + ii * syh + jj * syw)[:, None] + rn64[None, :] * syc
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    y_row = y_ptr + bb.to(tl.int64) * syb + (g * syg + ii * syh + jj * syw)
+    tl.store(y_row[:, None] + (rn * syc)[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -97,13 +97,14 @@ def _group_bwd_x_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M
     n_ok = rn < C_in
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
     HW = H * W
-    bb = rm64 // HW
-    pix = rm64 % HW
+    bb = rm // HW
+    pix = rm % HW
     vr = pix // W
     vc = pix % W
+    vi = vr + pt
+    vj = vc + pl
+    dy_row = (dy_ptr + bb.to(tl.int64) * sdb)[:, None]
     KC = KK * C_out
     KCin = KK * C_in
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -112,28 +113,26 @@ def _group_bwd_x_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
         k_ok = rk < K
         g = rk // KC
         tap = (rk % KC) // C_out
-        co = (rk % C_out).to(tl.int64)
-        w_slot = tl.load(bx_slot + hp * n + g, mask=k_ok, other=0).to(tl.int64)
-        ka = tap // KW
-        kc = tap % KW
-        inum = vr[:, None] + pt - ka[None, :] * dh
-        jnum = vc[:, None] + pl - kc[None, :] * dw
+        co = rk % C_out
+        w_slot = tl.load(bx_slot + hp * n + g, mask=k_ok, other=0)
+        inum = vi[:, None] - ((tap // KW) * dh)[None, :]
+        jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
         inum_c = tl.maximum(inum, 0)
         jnum_c = tl.maximum(jnum, 0)
         ii = inum_c // sh
         jj = jnum_c // sw
         ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
               & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
-        a = tl.load(dy_ptr + bb[:, None] * sdb + (g.to(tl.int64) * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw,
-                    mask=ok, other=0.0)
+        a = tl.load(dy_row + ((g * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw), mask=ok, other=0.0)
         w_ok = k_ok[:, None] & n_ok[None, :]
         tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
         g2 = tl.broadcast_to(g[:, None], (BLOCK_K, BLOCK_N))
-        b = gather_taps(w_ptr, (co * (n * KCin) + w_slot * KCin)[:, None] + rn64[None, :] * KK, tap2, w_ok,
+        b = gather_taps(w_ptr, (co * (n * KCin) + w_slot * KCin)[:, None] + (rn * KK)[None, :], tap2, w_ok,
                         ktab, kwt, g2, KK, W_MAP, TK, WEIGHTED)
         acc = tl.dot(a, b, acc, input_precision=PREC)
-    offs = (bb * sgb + hp * sgg + vr * sgh + vc * sgw)[:, None] + rn64[None, :] * sgc
-    tl.store(gs_ptr + offs, acc.to(gs_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    gs_row = gs_ptr + bb.to(tl.int64) * sgb + (hp * sgg + vr * sgh + vc * sgw)
+    tl.store(gs_row[:, None] + (rn * sgc)[None, :], acc.to(gs_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -152,15 +151,15 @@ def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (k, tap', ci)
     m_ok = rm < C_out
     n_ok = rn < N
-    rm64 = rm.to(tl.int64)
     KC = KK * C_in
     kslot = rn // KC
     tapp = (rn % KC) // C_in
-    ci = (rn % C_in).to(tl.int64)
+    ci = rn % C_in
     HoWo = Ho * Wo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
-        src_slot = tl.load(bw_slot + g * n + kslot, mask=n_ok, other=0).to(tl.int64)
+        src_slot = tl.load(bw_slot + g * n + kslot, mask=n_ok, other=0)
+        cofs = (src_slot * ssg + ci * ssc)[None, :]
         for t in range(0, TT):
             if W_MAP:
                 row = (g * KK + tapp) * TT + t
@@ -169,30 +168,29 @@ def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
             else:
                 tap = tapp
                 cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
-            ka = tap // KW
-            kc = tap % KW
+            da = (tap // KW) * dh - pt
+            dc = (tap % KW) * dw - pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, CHUNK, BLOCK_K):
                 rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < M
-                rk64 = rk.to(tl.int64)
-                bb = rk64 // HoWo
-                ii = (rk64 % HoWo) // Wo
-                jj = rk64 % Wo
-                a = tl.load(dy_ptr + rm64[:, None] * sdc + (bb * sdb + g * sdg + ii * sdh + jj * sdw)[None, :],
-                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                p = ii[:, None] * sh - pt + ka[None, :] * dh
-                q = jj[:, None] * sw - pl + kc[None, :] * dw
+                bb = rk // HoWo
+                ii = (rk % HoWo) // Wo
+                jj = rk % Wo
+                b64 = bb.to(tl.int64)
+                dy_col = dy_ptr + b64 * sdb + (g * sdg + ii * sdh + jj * sdw)
+                a = tl.load(dy_col[None, :] + (rm * sdc)[:, None], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                p = (ii * sh)[:, None] + da[None, :]
+                q = (jj * sw)[:, None] + dc[None, :]
                 ok = k_ok[:, None] & n_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-                b = tl.load(s_ptr + bb[:, None] * ssb + (src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw,
-                            mask=ok, other=0.0)
+                b = tl.load((s_ptr + b64 * ssb)[:, None] + (cofs + p * ssh + q * ssw), mask=ok, other=0.0)
                 part = tl.dot(a, b, part, input_precision=PREC)
             if W_MAP and WEIGHTED:
                 acc += part * cw[None, :]
             else:
                 acc += part
-    offs = split.to(tl.int64) * C_out * N + rm64[:, None] * N + (kslot.to(tl.int64) * KC + ci * KK + tapp)[None, :]
-    tl.store(gw_ptr + offs, acc, mask=m_ok[:, None] & n_ok[None, :])
+    gw_tile = gw_ptr + split.to(tl.int64) * C_out * N + ((rm * N)[:, None] + (kslot * KC + ci * KK + tapp)[None, :])
+    tl.store(gw_tile, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def _lift_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
                      IN_MAP: tl.constexpr, TI: tl.constexpr, W_MAP: tl.constexpr, TK: tl.constexpr,
                      WEIGHTED: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
     pid = tl.program_id(0)
     g = tl.program_id(1)
     num_n = tl.cdiv(C_out, BLOCK_N)
@@ -49,34 +50,33 @@ def _lift_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M
     n_ok = rn < C_out
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
     HoWo = Ho * Wo
-    bb = rm64 // HoWo
-    ii = (rm64 % HoWo) // Wo
-    jj = rm64 % Wo
+    bb = rm // HoWo
+    ii = (rm % HoWo) // Wo
+    jj = rm % Wo
+    x_row = (x_ptr + bb.to(tl.int64) * sxb)[:, None]
+    i0 = ii * sh - pt
+    j0 = jj * sw - pl
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         tap = rk // C_in
-        ci = (rk % C_in).to(tl.int64)
-        ka = tap // KW
-        kc = tap % KW
-        p = ii[:, None] * sh - pt + ka[None, :] * dh
-        q = jj[:, None] * sw - pl + kc[None, :] * dw
+        ci = rk % C_in
+        p = i0[:, None] + ((tap // KW) * dh)[None, :]
+        q = j0[:, None] + ((tap % KW) * dw)[None, :]
         ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-        a = gather_pixels(x_ptr, bb[:, None] * sxb + ci[None, :] * sxc, p, q, ok, itab, iwt, g, H, W,
-                          sxh, sxw, IN_MAP, TI, WEIGHTED)
+        a = gather_pixels(x_row, (ci * sxc)[None, :], p, q, ok, itab, iwt, g, H, W, sxh, sxw, IN_MAP, TI, WEIGHTED)
         w_ok = k_ok[:, None] & n_ok[None, :]
         tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
-        b = gather_taps(w_ptr, rn64[None, :] * (C_in * KK) + ci[:, None] * KK, tap2, w_ok, ktab, kwt, g, KK,
+        b = gather_taps(w_ptr, (rn * (C_in * KK))[None, :] + (ci * KK)[:, None], tap2, w_ok, ktab, kwt, g, KK,
                         W_MAP, TK, WEIGHTED)
         acc = tl.dot(a, b, acc, input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    offs = (bb * syb + g * syg + ii * syh + jj * syw)[:, None] + rn64[None, :] * syc
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    y_row = y_ptr + bb.to(tl.int64) * syb + (g * syg + ii * syh + jj * syw)
+    tl.store(y_row[:, None] + (rn * syc)[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -95,52 +95,49 @@ def _lift_bwd_x_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M
     n_ok = rn < C_in
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
     HW = H * W
-    bb = rm64 // HW
-    pix = rm64 % HW
+    bb = rm // HW
+    pix = rm % HW
+    dy_row = (dy_ptr + bb.to(tl.int64) * sdb)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
         for t in range(0, TT):
             if IN_MAP:
                 row = (g * HW + pix) * TT + t
-                vp = tl.load(ttab + row, mask=m_ok, other=0).to(tl.int64)
+                vp = tl.load(ttab + row, mask=m_ok, other=0)
                 rw = tl.load(twt + row, mask=m_ok, other=0.0)
             else:
                 vp = pix
                 rw = tl.zeros((BLOCK_M,), dtype=tl.float32) + 1.0
-            vr = vp // W
-            vc = vp % W
+            vi = vp // W + pt
+            vj = vp % W + pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 rk = k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < K
                 tap = rk // C_out
-                co = (rk % C_out).to(tl.int64)
-                ka = tap // KW
-                kc = tap % KW
-                inum = vr[:, None] + pt - ka[None, :] * dh
-                jnum = vc[:, None] + pl - kc[None, :] * dw
+                co = rk % C_out
+                inum = vi[:, None] - ((tap // KW) * dh)[None, :]
+                jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
                 inum_c = tl.maximum(inum, 0)
                 jnum_c = tl.maximum(jnum, 0)
                 ii = inum_c // sh
                 jj = jnum_c // sw
                 ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
                       & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
-                a = tl.load(dy_ptr + (bb * sdb + g * sdg)[:, None] + co[None, :] * sdc + ii * sdh + jj * sdw,
-                            mask=ok, other=0.0)
+                a = tl.load(dy_row + ((g * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw), mask=ok, other=0.0)
                 w_ok = k_ok[:, None] & n_ok[None, :]
                 tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
-                b = gather_taps(w_ptr, co[:, None] * (C_in * KK) + rn64[None, :] * KK, tap2, w_ok, ktab, kwt, g, KK,
+                b = gather_taps(w_ptr, (co * (C_in * KK))[:, None] + (rn * KK)[None, :], tap2, w_ok, ktab, kwt, g, KK,
                                 W_MAP, TK, WEIGHTED)
                 part = tl.dot(a, b, part, input_precision=PREC)
             if IN_MAP and WEIGHTED:
                 acc += part * rw[:, None]
             else:
                 acc += part
-    offs = (bb * sgb + (pix // W) * sgh + (pix % W) * sgw)[:, None] + rn64[None, :] * sgc
-    tl.store(gx_ptr + offs, acc.to(gx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    gx_row = gx_ptr + bb.to(tl.int64) * sgb + ((pix // W) * sgh + (pix % W) * sgw)
+    tl.store(gx_row[:, None] + (rn * sgc)[None, :], acc.to(gx_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -160,9 +157,8 @@ def _lift_bwd_w_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (tap', ci)
     m_ok = rm < C_out
     n_ok = rn < N
-    rm64 = rm.to(tl.int64)
     tapp = rn // C_in
-    ci = (rn % C_in).to(tl.int64)
+    ci = rn % C_in
     HoWo = Ho * Wo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
@@ -174,30 +170,30 @@ def _lift_bwd_w_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
             else:
                 tap = tapp
                 cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
-            ka = tap // KW
-            kc = tap % KW
+            da = (tap // KW) * dh - pt
+            dc = (tap % KW) * dw - pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, CHUNK, BLOCK_K):
                 rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < M
-                rk64 = rk.to(tl.int64)
-                bb = rk64 // HoWo
-                ii = (rk64 % HoWo) // Wo
-                jj = rk64 % Wo
-                a = tl.load(dy_ptr + rm64[:, None] * sdc + (bb * sdb + g * sdg + ii * sdh + jj * sdw)[None, :],
-                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                p = ii[:, None] * sh - pt + ka[None, :] * dh
-                q = jj[:, None] * sw - pl + kc[None, :] * dw
+                bb = rk // HoWo
+                ii = (rk % HoWo) // Wo
+                jj = rk % Wo
+                b64 = bb.to(tl.int64)
+                dy_col = dy_ptr + b64 * sdb + (g * sdg + ii * sdh + jj * sdw)
+                a = tl.load(dy_col[None, :] + (rm * sdc)[:, None], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                p = (ii * sh)[:, None] + da[None, :]
+                q = (jj * sw)[:, None] + dc[None, :]
                 ok = k_ok[:, None] & n_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-                b = gather_pixels(x_ptr, bb[:, None] * sxb + ci[None, :] * sxc, p, q, ok, itab, iwt, g, H, W,
+                b = gather_pixels((x_ptr + b64 * sxb)[:, None], (ci * sxc)[None, :], p, q, ok, itab, iwt, g, H, W,
                                   sxh, sxw, IN_MAP, TI, WEIGHTED)
                 part = tl.dot(a, b, part, input_precision=PREC)
             if W_MAP and WEIGHTED:
                 acc += part * cw[None, :]
             else:
                 acc += part
-    offs = split.to(tl.int64) * C_out * N + rm64[:, None] * (C_in * KK) + (ci * KK + tapp)[None, :]
-    tl.store(gw_ptr + offs, acc, mask=m_ok[:, None] & n_ok[None, :])
+    gw_tile = gw_ptr + split.to(tl.int64) * C_out * N + ((rm * N)[:, None] + (ci * KK + tapp)[None, :])
+    tl.store(gw_tile, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ---------------------------------------------------------------------------
