@@ -479,3 +479,12 @@ def test_public_api_documented():
     for cls in (enn.LiftConv2d, enn.GroupConv2d, enn.GroupBatchNorm2d, enn.GroupPool, enn.Equivarify,
                 enn.OrientationHead, equifast.models.Figure3Net, equifast.models.ResGCNN):
         assert "Shapes" in cls.__doc__ or "shape" in cls.__doc__.lower(), cls
+
+
+@pytest.mark.parametrize("module", ["equifast.nn.conv", "equifast.nn.norm", "equifast.nn.pool",
+                                    "equifast.nn.equivarify", "equifast.nn.head", "equifast.interop"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
