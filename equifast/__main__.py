@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits only: upsample the 8x8 digits to this size (multiple of 8; default 8: no upsampling)")
     d.add_argument("--backend", default="auto", help="backend for training (default auto: the fastest available)")
     d.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 for digits, 3 for mnist)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 for digits, 2 for mnist)")
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--lr", type=float, default=3e-3)
     d.add_argument("--width", type=int, default=16, help="Figure3Net / plain CNN width (default 16)")
@@ -212,7 +212,7 @@ def demo(args) -> int:
                   file=sys.stderr)
             return 2
         split = edata.load_mnist(args.mnist_dir)
-        epochs = 3 if args.epochs is None else args.epochs
+        epochs = 2 if args.epochs is None else args.epochs
     else:
         split = edata.load_digits(size=args.size, seed=args.seed)
         epochs = 15 if args.epochs is None else args.epochs
