@@ -39,9 +39,9 @@ def _forward(kind: str, inp: Tensor, weight: Tensor, bias: Optional[Tensor], pla
     n, C_out = plan.order, weight.shape[0]
     Ho, Wo = plan.out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1])
     channels_last = is_channels_last(inp)
+    impl = _backends.resolve(backend, plan, inp, weight, kind)  # first: an explicit backend is checked for empty inputs too
     if inp.numel() == 0 or C_out == 0:
         return empty_stack((B, n, C_out, Ho, Wo), channels_last, dtype=inp.dtype, device=inp.device).zero_()
-    impl = _backends.resolve(backend, plan, inp, weight, kind)
     out = getattr(impl, kind)(inp, weight, bias, plan)
     return stack_like(out, channels_last)
 

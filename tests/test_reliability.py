@@ -371,6 +371,20 @@ def test_empty_batch(target, op, channels_last):
     assert not bool(wr.grad.any()) and not bool(br.grad.any()), "an empty batch must give zero weight/bias grads"
 
 
+@pytest.mark.parametrize("B", [0, 1])
+def test_empty_batch_still_checks_the_requested_backend(B):
+    """An explicitly requested backend that cannot run the call is an error for B = 0 as for B = 1
+    (regression: an empty input returned zeros before the backend was resolved)."""
+    x, w, b = problem("lift_conv", "C8", B=B, H=5)
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available on cpu"):
+        call("lift_conv", x, w, b, "cuda")
+    for name in BACKENDS:
+        reason = refused(name, "lift_conv", x, w, group="C8")
+        if reason:
+            with pytest.raises(RuntimeError, match=f"backend '{name}' does not support this call"):
+                call("lift_conv", x, w, b, name, group="C8")
+
+
 ONE_BY_ONE = [
     # group, frame, k, stride, padding
     ("C4", "view", 1, 1, 0),
