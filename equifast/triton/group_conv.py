@@ -265,7 +265,9 @@ def backward(grad_out, s, weight, plan, needs):
                      n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
                      *grad_out.stride(), *gs.stride(), sh, sw, pt, pl, dh, dw, M, K,
                      W_MAP=w_map, TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-    if needs[1]:
+    if needs[1] and C_out == 0:
+        gw = torch.zeros_like(weight)
+    elif needs[1]:
         M, N = B * Ho * Wo, n * kh * kw * C_in
         (ttab, twt), w_map = _kernel_map(plan, kh, kw, s.device, True)
         kernel, meta = C.launcher(_group_bwd_w_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))

@@ -269,7 +269,9 @@ def backward(grad_out, x, weight, plan, needs):
                      *grad_out.stride(), *gx.stride(), sh, sw, pt, pl, dh, dw, M, K,
                      IN_MAP=in_map, TT=ttab.shape[-1] if in_map else 1, W_MAP=w_map,
                      TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-    if needs[1]:
+    if needs[1] and C_out == 0:
+        gw = torch.zeros_like(weight)
+    elif needs[1]:
         M, N = B * Ho * Wo, kh * kw * C_in
         (itab, iwt), (ttab, twt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_w")
         kernel, meta = C.launcher(_lift_bwd_w_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
