@@ -199,6 +199,18 @@ def test_group_conv_strided_input_view():
         _check_fp32("group", s, w, b, group="C4", frame=frame, padding=1)
 
 
+@pytest.mark.parametrize("kind,group,frame", [("lift", "C4", "view"), ("group", "D2", "canonical"),
+                                              ("lift", "C8", "canonical")])
+def test_split_k_weight_gradient(kind, group, frame, monkeypatch):
+    """The GPU path splits the weight-gradient reduction into float32 partials; force it here."""
+    _common = importlib.import_module("equifast.triton._common")
+    monkeypatch.setattr(_common, "split_k", lambda tiles, reduction, device: 3)
+    x, w, b = _make(kind, group, B=2, H=12, W=12, C_in=2, C_out=3)         # 288 output rows: 3 splits
+    _check_fp32(kind, x, w, b, group=group, frame=frame, padding=1)
+    if kind == "lift":
+        _check_half(kind, x.half(), w.half(), b.half(), group=group, frame=frame, padding=1)
+
+
 @pytest.mark.parametrize("kind", ["lift", "group"])
 def test_zero_size_batch(kind):
     x, w, b = _make(kind, "C4", B=0)

@@ -190,7 +190,7 @@ def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
             else:
                 acc += part
     gw_tile = gw_ptr + split.to(tl.int64) * C_out * N + ((rm * N)[:, None] + (kslot * KC + ci * KK + tapp)[None, :])
-    tl.store(gw_tile, acc, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(gw_tile, acc.to(gw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ---------------------------------------------------------------------------
@@ -275,11 +275,12 @@ def backward(grad_out, s, weight, plan, needs):
         splits = C.split_k(tiles, M, s.device)
         chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
         splits = triton.cdiv(M, chunk)
-        part = torch.empty((splits, C_out, n, C_in, kh, kw), dtype=torch.float32, device=s.device)
+        part = torch.empty((splits, C_out, n, C_in, kh, kw), device=s.device,
+                           dtype=torch.float32 if splits > 1 else weight.dtype)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
         kernel[grid](grad_out, s, part, slots["bw"], ttab, twt,
                      n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
                      *grad_out.stride(), *s.stride(), sh, sw, pt, pl, dh, dw, M, N, chunk,
                      W_MAP=w_map, TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-        gw = (part[0] if splits == 1 else part.sum(0)).to(weight.dtype)
+        gw = part[0] if splits == 1 else part.sum(0).to(weight.dtype)   # one launch unless split
     return gs, gw, None
