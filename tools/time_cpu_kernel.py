@@ -29,6 +29,8 @@ SHAPES = [
     ("lift C4 4->32 k3 64px", "lift_conv", "C4", "view", 16, 4, 32, 64, 3, 1),
     ("lift C4 16->32 k3 (C_in>4)", "lift_conv", "C4", "view", 32, 16, 32, 32, 3, 1),
     ("group C4 16->16 k3 16px", "group_conv", "C4", "view", 32, 16, 16, 16, 3, 1),
+    ("group C4 32->32 k3 32px", "group_conv", "C4", "view", 16, 32, 32, 32, 3, 1),
+    ("group D4 32->32 k3 16px", "group_conv", "D4", "view", 16, 32, 32, 16, 3, 1),
 ]
 
 

@@ -5,8 +5,8 @@
 // that the row needs straight from x through the pixel table (a [K, Wo] row patch, never a full
 // view), then a register-blocked GEMM against the per-element weights Wg[g] gives all C_out rows,
 // written to their slot of the output stack (contiguous or channels_last) in place.
-// Grad input: one task per input plane (b, h, c): transposed GEMM per output row, scattered back
-// through the same pixel table into a private plane buffer (no atomics).
+// Grad input: one task per (b, block of input planes): one transposed GEMM per output row, scattered
+// back through the same pixel table into private plane buffers (no atomics).
 // Grad weight: the K = m·C·kh·kw weight taps are split over threads; each thread owns its taps and
 // sums over (b, g, i, j) in a fixed order, so results do not depend on the thread count.
 // Inner loops vectorise (AVX2+FMA copy picked at run time on x86-64, baseline otherwise).
@@ -148,11 +148,18 @@ inline void stage_grad_row(const Geom& g, const T* gy, int64_t b, int64_t e, int
 }
 
 // gx[b, h, c, XP[e][r, q]] += Σ_{e, o, u, v} Wg[e][o][k] · gy[b, e, o, i, j]
+// Tasks: (b, block of input planes (h, c)); per output row one GEMM gives the block's taps for all
+// C_out at once, scattered through the pixel table into the task's private planes.
 template <typename T>
 void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
   const int64_t K = g.K(), KK = g.kh * g.kw, HW = g.H * g.W, Wop = round_up(g.Wo, mk.jb);
+  const int64_t planes = g.m * g.C;
+  const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t nblk = std::min<int64_t>(planes, std::max<int64_t>(1, (want_tasks + g.B - 1) / std::max<int64_t>(1, g.B)));
+  const int64_t per = (planes + nblk - 1) / nblk;
+  const int64_t nblocks = (planes + per - 1) / per;
   at::Tensor WgT_t = p.Wg.transpose(1, 2).contiguous();  // [n, K, Co]
   const T* WgT = WgT_t.data_ptr<T>();
   const int64_t* xp = p.xperm.data_ptr<int64_t>();
@@ -161,18 +168,18 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   int64_t gs[5];
   if (gx.dim() == 4) { gs[0] = gx.stride(0); gs[1] = 0; gs[2] = gx.stride(1); gs[3] = gx.stride(2); gs[4] = gx.stride(3); }
   else for (int d = 0; d < 5; ++d) gs[d] = gx.stride(d);
-  at::parallel_for(0, g.B * g.m * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> plane(HW), gyb(g.Co * Wop), gcol(KK * Wop);
+  at::parallel_for(0, g.B * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> plane(per * HW), gyb(g.Co * Wop), gcol(per * KK * Wop);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t c = t % g.C, h = (t / g.C) % g.m, b = t / (g.C * g.m);
-      const int64_t k0 = (h * g.C + c) * KK;
+      const int64_t blk = t % nblocks, b = t / nblocks;
+      const int64_t hc0 = blk * per, hc1 = std::min<int64_t>(planes, hc0 + per), np = hc1 - hc0;
       std::fill(plane.begin(), plane.end(), T(0));
       for (int64_t e = 0; e < g.n; ++e) {
         const int64_t* xpe = xp + e * HW;
         for (int64_t i = 0; i < g.Ho; ++i) {
           stage_grad_row(g, gy, b, e, i, gyb.data(), Wop);
-          std::fill(gcol.begin(), gcol.end(), T(0));
-          mk.gemm(KK, g.Co, Wop, WgT + (e * K + k0) * g.Co, g.Co, gyb.data(), Wop, gcol.data(), Wop);
+          std::fill(gcol.begin(), gcol.begin() + np * KK * Wop, T(0));
+          mk.gemm(np * KK, g.Co, Wop, WgT + (e * K + hc0 * KK) * g.Co, g.Co, gyb.data(), Wop, gcol.data(), Wop);
           for (int64_t u = 0; u < g.kh; ++u) {
             const int64_t r = i * g.sh - g.pt + u * g.dh;
             if (r < 0 || r >= g.H) continue;
@@ -181,14 +188,21 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
               int64_t jlo, jhi;
               col_range(g, c0, jlo, jhi);
               const int64_t* xr = xpe + r * g.W + c0;
-              const T* src = gcol.data() + (u * g.kw + v) * Wop;
-              for (int64_t j = jlo; j < jhi; ++j) plane[xr[j * g.sw]] += src[j];
+              for (int64_t q = 0; q < np; ++q) {
+                const T* src = gcol.data() + (q * KK + u * g.kw + v) * Wop;
+                T* pl = plane.data() + q * HW;
+                for (int64_t j = jlo; j < jhi; ++j) pl[xr[j * g.sw]] += src[j];
+              }
             }
           }
         }
       }
-      T* dst = gxp + b * gs[0] + h * gs[1] + c * gs[2];
-      for (int64_t q = 0; q < HW; ++q) dst[(q / g.W) * gs[3] + (q % g.W) * gs[4]] = plane[q];
+      for (int64_t q = 0; q < np; ++q) {
+        const int64_t hc = hc0 + q, h = hc / g.C, c = hc % g.C;
+        T* dst = gxp + b * gs[0] + h * gs[1] + c * gs[2];
+        const T* pl = plane.data() + q * HW;
+        for (int64_t pix = 0; pix < HW; ++pix) dst[(pix / g.W) * gs[3] + (pix % g.W) * gs[4]] = pl[pix];
+      }
     }
   });
 }
