@@ -10,6 +10,10 @@ from . import group_tables, lift_tables, load
 
 
 def compiled_ops():
+    """``torch.ops.equifast_C``, loading the library first (a clear error when it is unavailable)."""
+    ok, reason = load()
+    if not ok:
+        raise RuntimeError(f"equifast: {reason}")
     return torch.ops.equifast_C
 
 

@@ -17,7 +17,7 @@ from ._backend import group_conv, group_conv_backward, lift_conv, lift_conv_back
 NAME = "cuda"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-__all__ = ["NAME", "availability", "supports", "lift_conv", "group_conv",
+__all__ = ["NAME", "availability", "supports", "preferred", "lift_conv", "group_conv",
            "lift_conv_backward", "group_conv_backward"]
 
 
@@ -38,3 +38,15 @@ def availability(device):
 
 def supports(plan, x, weight):
     return _backend.supports_common(plan, x, weight, "cuda", DTYPES)
+
+
+# Not yet measured on a GPU (see docs/extension.md). The kernels are direct (no tensor cores), so auto
+# only picks them where the layer is memory-bound: lifting layers with few input channels. Elsewhere
+# cuDNN through the "torch" backend is expected to win; the "cuda" backend stays selectable by name.
+MAX_PREFERRED_LIFT_CIN = 4
+
+
+def preferred(plan, x, weight):
+    if x.dim() == 4:
+        return weight.shape[1] <= MAX_PREFERRED_LIFT_CIN
+    return False
