@@ -391,3 +391,41 @@ def test_fuzz_float16_flash_attention_rule(target, op):
         _low_precision_check(target, case)
 
     prop()
+
+
+# ---------------------------------------------------------------------------
+# regression: PyTorch's CPU float16 convolution (oneDNN) with stride (1, 2) and dilation (1, 2)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_cpu_float16_strided_dilated_conv(backend):
+    """torch 2.13's oneDNN float16 conv2d returns garbage for x [1, 2, 5, 5], a 3x3 kernel, stride
+    (1, 2), dilation (1, 2) (and segfaults for x [1, 1, 2, 1], 1x1, padding 1: see the subprocess
+    check below); the plain-PyTorch backends compute CPU float16 convolutions in float32 instead."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, 5, generator=gen)
+    w = torch.randn(2, 2, 3, 3, generator=gen)
+    kw = dict(group="C2", stride=(1, 2), dilation=(1, 2), backend=backend)
+    ref = equifast.lift_conv(x, w, **kw)
+    xh, wh = x.half().requires_grad_(), w.half().requires_grad_()
+    out = equifast.lift_conv(xh, wh, **kw)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-3, atol=2e-2)
+    out.float().sum().backward()
+    xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+    equifast.lift_conv(xf, wf, **kw).sum().backward()
+    torch.testing.assert_close(wh.grad.float(), wf.grad, rtol=2e-3, atol=5e-2)
+    torch.testing.assert_close(xh.grad.float(), xf.grad, rtol=2e-3, atol=2e-2)
+
+
+def test_cpu_float16_conv_does_not_crash():
+    import subprocess
+    import sys
+    code = ("import torch, equifast\n"
+            "x = torch.randn(1, 1, 2, 1).half(); w = torch.randn(1, 1, 1, 1).half()\n"
+            "for b in ('reference', 'torch'):\n"
+            "    y = equifast.lift_conv(x, w, group='C2', stride=(1, 2), padding=1, dilation=(1, 2), backend=b)\n"
+            "    assert torch.isfinite(y).all()\n"
+            "print('ok')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0 and "ok" in run.stdout, (f"float16 lift_conv crashed or failed (rc {run.returncode}): "
+                                                         f"{run.stderr[-2000:]}")

@@ -371,6 +371,18 @@ def test_empty_batch(target, op, channels_last):
     assert not bool(wr.grad.any()) and not bool(br.grad.any()), "an empty batch must give zero weight/bias grads"
 
 
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_zero_output_channels(target, op):
+    device, backend = split_target(target)
+    x, w, b = problem(op, "C4", B=2, C_out=0, H=5, device=device)
+    skip_if_refused(backend, op, x, w, b, padding=1)
+    out, gx, gw, gb = grads(op, x, w, b, backend, padding=1)
+    assert out.shape == (2, 4, 0, 5, 5)
+    assert gx.shape == x.shape and not bool(gx.any()), "no output channel: grad_x must be zero"
+    assert gw.shape == w.shape and gb.shape == b.shape
+
+
 @pytest.mark.parametrize("B", [0, 1])
 def test_empty_batch_still_checks_the_requested_backend(B):
     """An explicitly requested backend that cannot run the call is an error for B = 0 as for B = 1
