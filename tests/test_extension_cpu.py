@@ -170,10 +170,8 @@ def test_opcheck_kernel_ops(op):
         args = (x, w, b, slot, kperm, [2, 1], [1, 0, 1, 1], [1, 1])
         out = torch.ops.equifast_C.group_conv(*args)
         bw_args = (torch.randn_like(out), x, w, slot, kperm, [2, 1], [1, 0, 1, 1], [1, 1], [True, False])
-    torch.library.opcheck(getattr(torch.ops.equifast_C, op).default, args,
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(getattr(torch.ops.equifast_C, op + "_backward").default, bw_args,
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(getattr(torch.ops.equifast_C, op).default, args)
+    torch.library.opcheck(getattr(torch.ops.equifast_C, op + "_backward").default, bw_args)
 
 
 def test_interpolated_groups_refused_and_auto_falls_back():
