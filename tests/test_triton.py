@@ -348,6 +348,15 @@ def test_backend_functions_not_shadowed_by_kernel_modules():
     importlib.import_module("equifast.triton.lift_conv")
     assert callable(mod.lift_conv) and callable(mod.group_conv)
     assert not isinstance(mod.lift_conv, type(importlib))
+    # a kernel module imported from outside before the first call still leaves a working backend
+    code = ("import importlib, torch; importlib.import_module('equifast.triton.group_conv'); "
+            "import equifast; s = torch.randn(1, 2, 1, 4, 4); w = torch.randn(2, 2, 1, 3, 3); "
+            "y = equifast.group_conv(s, w, group='C2', backend='triton'); "
+            "r = equifast.group_conv(s, w, group='C2', backend='reference'); "
+            "assert torch.allclose(y, r, atol=1e-5)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 # ---------------------------------------------------------------------------

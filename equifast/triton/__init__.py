@@ -83,13 +83,15 @@ def supports(plan, x, weight):
 def _kernels(name):
     """The kernel module ``name`` (imported on first use). Importing a submodule sets the package
     attribute of the same name, which would shadow this backend's function of that name, so the
-    function is put back right after the import."""
+    function is put back (the kernel modules are also callable as the forward, in case the module
+    was imported from outside first)."""
     full = f"{__name__}.{name}"
     mod = sys.modules.get(full)
     if mod is None:
         with _IMPORT_LOCK:
             mod = importlib.import_module(full)
-            globals().update(_API)
+    if globals().get(name) is not _API[name]:
+        globals().update(_API)
     return mod
 
 
