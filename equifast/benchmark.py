@@ -650,6 +650,10 @@ def time_train_steps(backends: Sequence[str], device: str, dtypes: Sequence[str]
                            samples=t["samples"])
             except Unsupported as exc:
                 rec.update(status="skipped", reason=str(exc))
+            except RuntimeError as exc:
+                # the model reached an op whose backend cannot run it (e.g. a dtype it does not take)
+                unsupported = "does not support this call" in str(exc) or "is not available on" in str(exc)
+                rec.update(status="skipped" if unsupported else "error", reason=f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 rec.update(status="error", reason=f"{type(exc).__name__}: {exc}")
             records.append(rec)
