@@ -9,6 +9,8 @@ and optionally
   needed, and grad_bias None lets the op reduce grad_out itself),
   ``preferred(plan, x, weight) -> bool`` (whether ``auto`` should pick it for this shape).
 A backend without its own backward is differentiated by autograd through its forward.
+Inputs and weights arrive with any strides (backends handle or copy them); the bias arrives
+contiguous; grad_out arrives contiguous or as a channels_last stack.
 
 Modules are imported on first use, never at ``import equifast``; a backend whose module or
 compiled extension is missing is simply unavailable, with the reason kept for the error message.

@@ -42,7 +42,8 @@ def _forward(kind: str, inp: Tensor, weight: Tensor, bias: Optional[Tensor], pla
     impl = _backends.resolve(backend, plan, inp, weight, kind)  # first: an explicit backend is checked for empty inputs too
     if inp.numel() == 0 or C_out == 0:
         return empty_stack((B, n, C_out, Ho, Wo), channels_last, dtype=inp.dtype, device=inp.device).zero_()
-    out = getattr(impl, kind)(inp, weight, bias, plan)
+    # backends may assume a contiguous bias (C_out values: the copy is free)
+    out = getattr(impl, kind)(inp, weight, None if bias is None else bias.contiguous(), plan)
     return stack_like(out, channels_last)
 
 
