@@ -182,3 +182,17 @@ def test_custom_group_runs_through_the_ops():
     ref = equifast.lift_conv(x, w, group=G, padding=1, backend="reference")
     torch.testing.assert_close(equifast.lift_conv(x, w, group="test-ops-hflip", padding=1, backend="torch"), ref)
     torch.testing.assert_close(ref, equifast.lift_conv(x, w, group="D1", padding=1))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", equifast.available_backends("cpu"))
+def test_strided_weight_and_bias_on_every_backend(op, backend):
+    """Regression: a kernel backend once ignored the stride of the bias."""
+    inp, weight, bias = make_problem(op, "D1", C_in=2, C_out=3, H=5, dtype=torch.float32)
+    w_big = torch.zeros(*weight.shape[:-1], 2 * weight.shape[-1])
+    w_big[..., ::2] = weight
+    b_big = torch.zeros(2 * bias.shape[0])
+    b_big[::2] = bias
+    kw = dict(group="D1", padding=1)
+    torch.testing.assert_close(run(op, inp, w_big[..., ::2], b_big[::2], backend=backend, **kw),
+                               run(op, inp, weight, bias, backend="reference", **kw), rtol=1e-5, atol=1e-5)
