@@ -41,8 +41,9 @@ def split_target(target):
 # declares INDEX_BITS = 64 (see equifast/_limits.py): name -> what was reviewed.
 REVIEWED_64BIT = {
     "cpu": "csrc/cpu/*.h, *.cpp: every offset, count and loop index is int64_t (reviewed 2026-11-23)",
-    "triton": "element offsets in tl.int64 (rm64/rn64, table loads cast to int64); 32-bit row/column "
-              "counts refused in supports() (reviewed 2026-11-23)",
+    "triton": "32-bit offsets inside one sample, refused past 2^31 in supports() (per-sample input extent "
+              "and output, weight, row counts); the batch term of every address is 64-bit (reviewed "
+              "2026-11-23 at 9bc7986)",
     "cuda": "csrc/cuda: int64_t offsets; grid limits checked by TORCH_CHECK before each launch "
             "(reviewed 2026-11-23, not run: no GPU)",
 }
