@@ -10,7 +10,7 @@ permuted stack) and bias / no bias, every backend present
   backward, element-wise within ``tol · bound`` where ``bound`` is the same convolution of the
   absolute values (the sum of |terms| each output adds up: a rounding-error bound that stays
   meaningful under cancellation); float32 tol 1e-5, float64 1e-12;
-* float16: error against the float32 reference at most 2x PyTorch conv2d's own float16 error
+* float16 / bfloat16: error against the float32 reference at most 2x PyTorch conv2d's own error
   (the reference backend run in float16) plus a small atol: the rule of flash-attention's tests;
 * returns the promised layout (channels_last for a channels_last input, contiguous otherwise);
 * or raises the same error type as the oracle (invalid cases are generated too), or refuses the
@@ -378,19 +378,20 @@ def _low_precision_check(target, case):
         assert torch.isfinite(m).all(), f"{ctx}: {name} has non-finite values"
         err = (m.float() - r).abs().max().item()
         torch_err = (t.float() - r).abs().max().item()
-        # small atol: one float16 ulp at the result's scale (tiny cases have 1-2 elements, where
+        # small atol: one ulp of the dtype at the result's scale (tiny cases have 1-2 elements, where
         # PyTorch's own error can be 0 by luck)
         atol = torch.finfo(case["dtype"]).eps * r.abs().max().item()
-        assert err <= 2 * torch_err + atol, (f"{ctx}: {name} float16 error {err:.3g} exceeds 2x PyTorch's own "
-                                             f"float16 error {torch_err:.3g} + {atol:.2g}")
+        assert err <= 2 * torch_err + atol, (f"{ctx}: {name} {case['dtype']} error {err:.3g} exceeds 2x PyTorch's "
+                                             f"own {case['dtype']} error {torch_err:.3g} + {atol:.2g}")
 
 
 @pytest.mark.parametrize("op", ["lift_conv", "group_conv"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "reference"])
-def test_fuzz_float16_flash_attention_rule(target, op):
-    @seed(stable_seed(op, "float16"))
-    @settings(max_examples=examples(target, 0.6))
-    @given(case=conv_case(op, dtypes=(torch.float16,), tiny=True).filter(lambda c: c["defect"] is None))
+def test_fuzz_float16_flash_attention_rule(target, op, dtype):
+    @seed(stable_seed(op, dtype))
+    @settings(max_examples=examples(target, 0.6 if dtype == torch.float16 else 0.3))
+    @given(case=conv_case(op, dtypes=(dtype,), tiny=True).filter(lambda c: c["defect"] is None))
     def prop(case):
         _low_precision_check(target, case)
 
