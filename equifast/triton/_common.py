@@ -173,7 +173,9 @@ def gather_pixels(row_ptr, cofs, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
             for t in tl.static_range(T):
                 src = tl.load(tab_ptr + row + t, mask=ok, other=0)
                 wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                v = tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok, other=0.0)
+                # a zero-weight tap (outside the image) points at the placeholder pixel 0: skip it,
+                # or a NaN/Inf there would leak in as 0·NaN
+                v = tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok & (wgt != 0), other=0.0)
                 acc += wgt * v.to(tl.float32)
             return acc.to(row_ptr.dtype.element_ty)
         else:
@@ -196,7 +198,7 @@ def gather_taps(w_ptr, base, tap, ok, tab_ptr, wt_ptr, g, KK,
             for t in tl.static_range(T):
                 src = tl.load(tab_ptr + row + t, mask=ok, other=0)
                 wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                v = tl.load(w_ptr + (base + src), mask=ok, other=0.0)
+                v = tl.load(w_ptr + (base + src), mask=ok & (wgt != 0), other=0.0)  # skip zero-weight taps
                 acc += wgt * v.to(tl.float32)
             return acc.to(w_ptr.dtype.element_ty)
         else:

@@ -189,7 +189,8 @@ def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
                 b = tl.load((s_ptr + b64 * ssb)[:, None] + (cofs + p * ssh + q * ssw), mask=ok, other=0.0)
                 part = tl.dot(a, b, part, input_precision=PREC)
             if W_MAP and WEIGHTED:
-                acc += part * cw[None, :]
+                # a zero-weight tap (outside the image) read the placeholder tap: drop it, do not multiply 0·inf
+                acc += tl.where(cw[None, :] != 0, part * cw[None, :], 0.0)
             else:
                 acc += part
     gw_tile = gw_ptr + split.to(tl.int64) * C_out * N + ((rm * N)[:, None] + (kslot * KC + ci * KK + tapp)[None, :])

@@ -192,7 +192,8 @@ def _lift_bwd_w_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
                                   sxh, sxw, IN_MAP, TI, WEIGHTED)
                 part = tl.dot(a, b, part, input_precision=PREC)
             if W_MAP and WEIGHTED:
-                acc += part * cw[None, :]
+                # a zero-weight tap (outside the image) read the placeholder tap: drop it, do not multiply 0·inf
+                acc += tl.where(cw[None, :] != 0, part * cw[None, :], 0.0)
             else:
                 acc += part
     gw_tile = gw_ptr + split.to(tl.int64) * C_out * N + ((rm * N)[:, None] + (ci * KK + tapp)[None, :])
