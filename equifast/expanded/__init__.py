@@ -3,9 +3,10 @@
 The weight is expanded once into rotated / block-permuted copies and a single ``conv2d``
 (cuDNN on GPU, oneDNN on CPU) evaluates every group copy; the output is then re-indexed.
 Portable to every device; the fallback of ``backend="auto"`` and the main peer in benchmarks.
-Backward is autograd through the forward (see ``equifast.backends``)."""
-from .lift_conv import lift_conv
-from .group_conv import group_conv
+Backward: one ``convolution_backward`` per op on the rebuilt conv operands (no recomputed
+forward), the cheap gathers differentiated by torch.func.vjp."""
+from .lift_conv import lift_conv, lift_conv_backward
+from .group_conv import group_conv, group_conv_backward
 
 NAME = "torch"
 

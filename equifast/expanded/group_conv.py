@@ -8,7 +8,7 @@ bank[g, :, h'] = w[:, g⁻¹·h'] (canonical: rotated by g), read as [B, n, C_ou
 import torch
 
 from .._layout import flatten_stack, unflatten_stack
-from ..reference.common import conv2d
+from ..reference.common import conv2d, conv2d_backward
 
 
 def permuted_filter_bank(weight, group, frame):
@@ -23,17 +23,32 @@ def permuted_filter_bank(weight, group, frame):
     return bank.reshape(n * C_out, n * C_in, kh, kw)
 
 
-def group_conv(s, weight, bias, plan):
+def conv_operands(s, weight, plan):
+    """(input [B, n*C_in, H, W], filter bank [n*C_out, n*C_in, kh, kw]) of the one conv2d."""
     n = plan.group.order
     B, _, C_in, H, W = s.shape
     bank = permuted_filter_bank(weight, plan.group, plan.frame)
     if not s.is_contiguous() and s.transpose(1, 2).is_contiguous():
         # field-major [B, C_in, n, H, W] memory (escnn / GrouPy): read it as (channel, group)
         # channels and reorder the bank's input channels instead of copying the input
-        inp = s.transpose(1, 2).reshape(B, C_in * n, H, W)
         bank = bank.reshape(n * weight.shape[0], n, C_in, *bank.shape[-2:]).transpose(1, 2) \
                    .reshape(n * weight.shape[0], C_in * n, *bank.shape[-2:])
-    else:
-        inp = flatten_stack(s)
-    y = conv2d(inp, bank, None if bias is None else bias.repeat(n), plan)
-    return unflatten_stack(y, n)
+        return s.transpose(1, 2).reshape(B, C_in * n, H, W), bank
+    return flatten_stack(s), bank
+
+
+def group_conv(s, weight, bias, plan):
+    n = plan.group.order
+    inp, bank = conv_operands(s, weight, plan)
+    return unflatten_stack(conv2d(inp, bank, None if bias is None else bias.repeat(n), plan), n)
+
+
+def group_conv_backward(grad_out, s, weight, plan, needs):
+    """Gradients of s and weight: one ``convolution_backward`` on the conv operands (the convolution
+    is not recomputed); the filter-bank and layout steps are differentiated by torch.func.vjp."""
+    need_x, need_w = bool(needs[0]), bool(needs[1])
+    (inp, bank), operands_vjp = torch.func.vjp(lambda t, w: conv_operands(t, w, plan), s, weight)
+    g_inp, g_bank = conv2d_backward(flatten_stack(grad_out), inp, bank, plan, need_x, need_w)
+    gs, gw = operands_vjp((torch.zeros_like(inp) if g_inp is None else g_inp,
+                           torch.zeros_like(bank) if g_bank is None else g_bank))
+    return (gs if need_x else None), (gw if need_w else None), None

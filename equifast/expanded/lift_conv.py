@@ -13,9 +13,9 @@ view frame:      out[:, g] = conv2d(act(x, g⁻¹), weight)
 """
 import torch
 
-from .._layout import unflatten_stack
+from .._layout import flatten_stack, unflatten_stack
 from ..groups import tap_sum
-from ..reference.common import conv2d
+from ..reference.common import conv2d, conv2d_backward
 
 
 def rotated_filter_bank(weight, group):
@@ -51,21 +51,53 @@ def gather_views(x, group, elements):
     return tap_sum(views.reshape(B, m, C, H * W, T), wts[None, :, None]).reshape(B, m, C, H, W)
 
 
+def uses_filter_rotation(plan, x, weight):
+    """Path (b): exact group, centred grid, and an output smaller than the input."""
+    C_in, H, W = x.shape[-3:]
+    kh, kw = weight.shape[-2:]
+    Ho, Wo = plan.out_size(H, W, kh, kw)
+    return plan.group.exact and weight.shape[0] * Ho * Wo < C_in * H * W and grid_is_centred(plan, H, W, kh, kw)
+
+
+def act_slots(stack, group, elements):
+    """[B, m, C, H, W] -> slot i acted on by elements[i] (one gather)."""
+    return group.act_each(stack.transpose(0, 1), elements).transpose(0, 1)
+
+
 def lift_conv(x, weight, bias, plan):
     group = plan.group
     n = group.order
     B, C_in, H, W = x.shape
-    kh, kw = weight.shape[-2:]
     bank_bias = None if bias is None else bias.repeat(n)
     if plan.frame == "canonical":
         return unflatten_stack(conv2d(x, rotated_filter_bank(weight, group), bank_bias, plan), n)
-    Ho, Wo = plan.out_size(H, W, kh, kw)
-    if group.exact and weight.shape[0] * Ho * Wo < C_in * H * W and grid_is_centred(plan, H, W, kh, kw):
+    if uses_filter_rotation(plan, x, weight):
         y = unflatten_stack(conv2d(x, rotated_filter_bank(weight, group), bank_bias, plan), n)
-        inverse_perm = group.tables_on(Ho, Wo, x.device, x.dtype)[0][list(group.inverse), :, 0]  # [n, HoWo]
-        flat = y.reshape(B, n, -1, Ho * Wo) if y.is_contiguous() else y.contiguous().reshape(B, n, -1, Ho * Wo)
-        out = flat.gather(3, inverse_perm[None, :, None, :].expand(B, n, flat.shape[2], Ho * Wo))
-        return out.reshape(B, n, -1, Ho, Wo)
+        return act_slots(y, group, list(group.inverse))             # slot g: act(·, g⁻¹)
     views = gather_views(x, group, list(group.inverse))            # act(x, g⁻¹) in slot g
     y = conv2d(views.reshape(B * n, C_in, H, W), weight, bias, plan)
     return y.reshape(B, n, *y.shape[1:])
+
+
+def lift_conv_backward(grad_out, x, weight, plan, needs):
+    """Gradients of x and weight: one ``convolution_backward`` on the rebuilt conv operands (the
+    convolution is not recomputed); the cheap gathers are differentiated by torch.func.vjp."""
+    need_x, need_w = bool(needs[0]), bool(needs[1])
+    group = plan.group
+    n = group.order
+    B, C_in, H, W = x.shape
+    if plan.frame == "canonical" or uses_filter_rotation(plan, x, weight):
+        bank, bank_vjp = torch.func.vjp(lambda w: rotated_filter_bank(w, group), weight)
+        if plan.frame == "view":  # out[:, g] = act(z[:, g], g⁻¹): the adjoint acts by g
+            grad_out = act_slots(grad_out, group, list(range(n)))
+        gx, g_bank = conv2d_backward(flatten_stack(grad_out), x, bank, plan, need_x, need_w)
+        return gx, (bank_vjp(g_bank)[0] if need_w else None), None
+    elements = list(group.inverse)
+    if need_x:
+        views, views_vjp = torch.func.vjp(lambda t: gather_views(t, group, elements), x)
+    else:
+        views = gather_views(x, group, elements)
+    g_views, gw = conv2d_backward(grad_out.reshape(B * n, *grad_out.shape[2:]),
+                                  views.reshape(B * n, C_in, H, W), weight, plan, need_x, need_w)
+    gx = views_vjp(g_views.reshape(B, n, C_in, H, W))[0] if need_x else None
+    return gx, gw, None
