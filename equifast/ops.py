@@ -12,8 +12,8 @@ Custom ops (namespace ``equifast``), each with a fake kernel and registered auto
 "same" and "valid". The implementation is device-agnostic: it resolves ``backend`` ("auto",
 an explicit name, or the ``EQUIFAST_BACKEND`` override) and calls that backend, so every backend
 (reference, torch, triton, cuda, cpu) sits behind the same two ops. Backends with their own
-backward kernels run it through the ``*_backward`` ops; the plain-PyTorch backends are
-differentiated inside the backward op by ``torch.func.vjp`` through their forward (so the backward,
+backward run it through the ``*_backward`` ops; a backend without one (the reference) is
+differentiated inside the backward op by ``torch.func.vjp`` through its forward (so the backward,
 too, is one opaque op under torch.compile / export).
 """
 from __future__ import annotations
