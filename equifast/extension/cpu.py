@@ -31,10 +31,12 @@ def supports(plan, x, weight):
     return _backend.supports_common(plan, x, weight, "cpu", DTYPES)
 
 
-# tools/time_cpu_kernel.py (docs/extension.md has the numbers): on lifting layers with C_in <= 4 this
-# backend beats "torch" (oneDNN on gathered views) by 1.5-4.4x forward and 1.5-2.5x forward+backward;
-# on group convolutions with many channels oneDNN wins (0.25-0.6x), so auto keeps "torch" there.
-MAX_PREFERRED_LIFT_CIN = 4
+# tools/time_cpu_kernel.py (docs/extension.md, 2 threads, loaded machine) measured this backend 1.5-4.4x
+# faster than "torch" forward on lifting layers with C_in <= 4; the quieter one-thread benchmark run
+# (bench/results/cpu-2026-11-23-1thread, forward+backward) agrees for C_in = 1 (1.8x on paper-MNIST) but
+# is mixed for C_in = 3 (0.63x CIFAR C4 3->64, 1.11x CIFAR D4, 0.88x the k7 stem). auto therefore takes
+# it only where both agree; on group convolutions with many channels oneDNN wins (0.2-0.6x).
+MAX_PREFERRED_LIFT_CIN = 2
 
 
 def preferred(plan, x, weight):
