@@ -6,6 +6,7 @@ explicit padding (top, bottom, left, right) — "same"/"valid" and pairs resolve
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -75,15 +76,8 @@ def plan_from_schema(group: str, stride, padding, dilation, frame: str) -> ConvP
 
 
 def _int(v, name, op, minimum):
-    if isinstance(v, bool) or not isinstance(v, int):
-        try:
-            import numbers
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-                v = int(v)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if v < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")
     return int(v)
