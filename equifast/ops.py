@@ -77,7 +77,7 @@ def _(s, weight, bias, group, stride, padding, dilation, frame, backend):
 
 
 # ---------------------------------------------------------------------------
-# Backward ops (for backends with their own backward kernels)
+# Backward ops (every backend: its own backward, or torch.func.vjp through its forward)
 # ---------------------------------------------------------------------------
 def _vjp_backward(kind, impl, grad_out, inp, weight, plan, mask):
     """Gradients of a plain-PyTorch backend's forward by torch.func.vjp (autograd proper is switched
