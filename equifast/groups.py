@@ -143,39 +143,39 @@ class Group:
         if x.dim() < 2:
             raise ValueError(f"act: expected a tensor with at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
         g = self._element(g)
-        if g == 0:
-            return x
-        H, W = x.shape[-2:]
-        return _apply_tables(x, *self.tables_on(H, W, x.device, _table_dtype(x)), g)
+        return x if g == 0 else self.act_all(x, [g])[0]
 
-    def act_all(self, x: torch.Tensor, elements: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """``torch.stack([act(x, g) for g in elements])``: shape [len(elements), *x.shape], one gather."""
-        elements = list(range(self.order)) if elements is None else [self._element(g) for g in elements]
+    def act_all(self, x: torch.Tensor, elements: Optional[Sequence[int]] = None, dim: int = 0) -> torch.Tensor:
+        """``torch.stack([act(x, g) for g in elements], dim)``, one gather (default: all elements, new
+        dim 0). ``dim=1`` on a batch [B, C, H, W] gives the views [B, m, C, H, W] contiguous, ready to
+        be read as a [B*m, C, H, W] batch."""
+        elements = self._elements(elements)
         H, W = x.shape[-2:]
-        index, weight = self.tables_on(H, W, x.device, _table_dtype(x))
-        sel = torch.tensor(elements, device=x.device)
-        flat = x.reshape(*x.shape[:-2], H * W)
-        idx, wts = index[sel], weight[sel].to(x.dtype)            # [m, HW, T]
-        gathered = flat[..., idx]                                # [..., m, HW, T]
-        out = tap_sum(gathered, wts) if idx.shape[-1] > 1 or not self.exact else gathered[..., 0]
-        out = out.movedim(-2, 0)                                 # [m, ..., HW]
-        return out.reshape(len(elements), *x.shape)
+        flat = x.reshape(*x.shape[:-2], H * W).unsqueeze(dim)          # element axis of size 1 at dim
+        index, weight = self._selected_tables(elements, H, W, x)        # [m, HW, T]
+        lead = [1] * (flat.dim() - 1)
+        lead[dim] = len(elements)
+        out = _gather_taps(flat, index.view(*lead, *index.shape[1:]), weight.view(*lead, *weight.shape[1:]),
+                           self.exact)
+        return out.reshape(*flat.shape[:dim], len(elements), *x.shape[dim:])
 
     def act_each(self, t: torch.Tensor, elements: Optional[Sequence[int]] = None) -> torch.Tensor:
         """``out[i] = act(t[i], elements[i])`` for t of shape [m, ..., H, W] (default elements 0..n-1), one gather."""
-        elements = list(range(self.order)) if elements is None else [self._element(g) for g in elements]
+        elements = self._elements(elements)
         if t.shape[0] != len(elements):
             raise ValueError(f"act_each: expected {len(elements)} slices on dim 0, got shape {tuple(t.shape)}")
         H, W = t.shape[-2:]
-        index, weight = self.tables_on(H, W, t.device, _table_dtype(t))
-        sel = torch.tensor(elements, device=t.device)
-        idx, wts = index[sel], weight[sel].to(t.dtype)           # [m, HW, T]
-        m, T = len(elements), idx.shape[-1]
-        flat = t.reshape(m, -1, H * W)                           # [m, R, HW]
-        gathered = flat.gather(2, idx.reshape(m, 1, H * W * T).expand(m, flat.shape[1], H * W * T))
-        gathered = gathered.reshape(m, flat.shape[1], H * W, T)
-        out = gathered[..., 0] if (self.exact and T == 1) else tap_sum(gathered, wts[:, None])
-        return out.reshape(t.shape)
+        index, weight = self._selected_tables(elements, H, W, t)        # [m, HW, T]
+        flat = t.reshape(len(elements), -1, H * W)                      # [m, R, HW]
+        return _gather_taps(flat, index[:, None], weight[:, None], self.exact).reshape(t.shape)
+
+    def _elements(self, elements) -> list:
+        return list(range(self.order)) if elements is None else [self._element(g) for g in elements]
+
+    def _selected_tables(self, elements, H, W, like: torch.Tensor) -> SamplingTable:
+        index, weight = self.tables_on(H, W, like.device, _table_dtype(like))
+        sel = torch.tensor(elements, device=like.device)
+        return index[sel], weight[sel]
 
     # ------------------------------------------------------------ stack actions
     def act_regular(self, s: torch.Tensor, g: int) -> torch.Tensor:
@@ -227,15 +227,15 @@ def tap_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).masked_fill(weights == 0, 0).sum(-1)
 
 
-def _apply_tables(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, g: int) -> torch.Tensor:
-    H, W = x.shape[-2:]
-    flat = x.reshape(*x.shape[:-2], H * W)
-    idx, wts = index[g], weight[g]
-    if idx.shape[1] == 1 and bool((wts == 1).all()):
-        out = flat[..., idx[:, 0]]
-    else:
-        out = tap_sum(flat[..., idx], wts.to(x.dtype))
-    return out.reshape(x.shape)
+def _gather_taps(src: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, exact: bool) -> torch.Tensor:
+    """out[..., q] = Σ_t weight[..., q, t] · src[..., index[..., q, t]], with ``index``/``weight``
+    ([..., HW, T]) broadcast against ``src`` ([..., HW]) on the leading dims (one gather)."""
+    shape = torch.broadcast_shapes(src.shape[:-1], index.shape[:-2])
+    hw, taps = index.shape[-2:]
+    values = src.expand(*shape, src.shape[-1]).gather(
+        -1, index.reshape(*index.shape[:-2], hw * taps).expand(*shape, hw * taps))
+    values = values.reshape(*shape, hw, taps)
+    return values[..., 0] if exact else tap_sum(values, weight)
 
 
 def _as_sampling_table(value, hw: int, name: str) -> SamplingTable:

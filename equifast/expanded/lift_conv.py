@@ -14,7 +14,6 @@ view frame:      out[:, g] = conv2d(act(x, g⁻¹), weight)
 import torch
 
 from .._layout import flatten_stack, unflatten_stack
-from ..groups import tap_sum
 from ..reference.common import conv2d, conv2d_backward
 
 
@@ -35,20 +34,6 @@ def grid_is_centred(plan, H, W, kh, kw):
     if plan.group.quarter_turns:
         return rows and cols and (sh, dh, kh, pt) == (sw, dw, kw, pl)
     return rows and cols
-
-
-def gather_views(x, group, elements):
-    """[B, C, H, W] -> [B, len(elements), C, H, W] with slot i = act(x, elements[i]), one gather."""
-    B, C, H, W = x.shape
-    index, weight = group.tables_on(H, W, x.device, x.dtype)
-    sel = torch.tensor(elements, device=x.device)
-    idx, wts = index[sel], weight[sel]                             # [m, HW, T]
-    m, T = idx.shape[0], idx.shape[-1]
-    flat = x.reshape(B, 1, C, H * W).expand(B, m, C, H * W)
-    views = flat.gather(3, idx.reshape(1, m, 1, H * W * T).expand(B, m, C, H * W * T))
-    if group.exact:
-        return views.reshape(B, m, C, H, W)
-    return tap_sum(views.reshape(B, m, C, H * W, T), wts[None, :, None]).reshape(B, m, C, H, W)
 
 
 def uses_filter_rotation(plan, x, weight):
@@ -74,7 +59,7 @@ def lift_conv(x, weight, bias, plan):
     if uses_filter_rotation(plan, x, weight):
         y = unflatten_stack(conv2d(x, rotated_filter_bank(weight, group), bank_bias, plan), n)
         return act_slots(y, group, list(group.inverse))             # slot g: act(·, g⁻¹)
-    views = gather_views(x, group, list(group.inverse))            # act(x, g⁻¹) in slot g
+    views = group.act_all(x, list(group.inverse), dim=1)          # act(x, g⁻¹) in slot g
     y = conv2d(views.reshape(B * n, C_in, H, W), weight, bias, plan)
     return y.reshape(B, n, *y.shape[1:])
 
@@ -94,9 +79,9 @@ def lift_conv_backward(grad_out, x, weight, plan, needs):
         return gx, (bank_vjp(g_bank)[0] if need_w else None), None
     elements = list(group.inverse)
     if need_x:
-        views, views_vjp = torch.func.vjp(lambda t: gather_views(t, group, elements), x)
+        views, views_vjp = torch.func.vjp(lambda t: group.act_all(t, elements, dim=1), x)
     else:
-        views = gather_views(x, group, elements)
+        views = group.act_all(x, elements, dim=1)
     g_views, gw = conv2d_backward(grad_out.reshape(B * n, *grad_out.shape[2:]),
                                   views.reshape(B * n, C_in, H, W), weight, plan, need_x, need_w)
     gx = views_vjp(g_views.reshape(B, n, C_in, H, W))[0] if need_x else None

@@ -25,7 +25,7 @@ def equivarify_views(x: Tensor, group, action: str = "image") -> Tensor:
     if action == "image":
         if x.dim() < 3:
             raise ValueError(f"Equivarify: action='image' needs input [B, ..., H, W], got shape {list(x.shape)}")
-        return G.act_all(x, inv).transpose(0, 1)                         # [B, n, ...]
+        return G.act_all(x, inv, dim=1)                                  # [B, n, ...]
     if action not in ("regular", "canonical"):
         raise ValueError(f"Equivarify: action must be one of {ACTIONS}, got {action!r}")
     if x.dim() < 2 or x.shape[1] != n:
