@@ -114,21 +114,33 @@ def check_tensors(op: str, x: torch.Tensor, x_name: str, weight: torch.Tensor, b
                             f"all tensors must have one dtype")
 
 
-def check_lift(x, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+def _check_weight_ndim(op, weight, ndim, shape_text):
+    if weight.dim() != ndim:
+        raise ValueError(f"{op}: expected weight of shape {shape_text} ({ndim}-D), "
+                         f"got {weight.dim()}-D shape {_shape(weight)}")
+
+
+def check_lift(x, weight, bias, group, stride, padding, dilation, frame) -> ConvPlan:
+    """Validate a lift_conv call; returns its plan."""
     op = "lift_conv"
+    check_tensors(op, x, "x", weight, bias)
+    _check_weight_ndim(op, weight, 4, "[C_out, C_in, kh, kw]")
+    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], op)
     if x.dim() != 4:
         raise ValueError(f"{op}: expected input x of shape [B, C_in, H, W] (4-D), got {x.dim()}-D shape {_shape(x)}")
-    if weight.dim() != 4:
-        raise ValueError(f"{op}: expected weight of shape [C_out, C_in, kh, kw] (4-D), "
-                         f"got {weight.dim()}-D shape {_shape(weight)}")
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight has C_in={weight.shape[1]} input channels but x has "
                          f"{x.shape[1]} channels (x {_shape(x)}, weight {_shape(weight)})")
-    return _check_common(op, x.shape[-2:], weight, bias, plan)
+    _check_common(op, x.shape[-2:], weight, bias, plan)
+    return plan
 
 
-def check_group(s, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+def check_group(s, weight, bias, group, stride, padding, dilation, frame) -> ConvPlan:
+    """Validate a group_conv call; returns its plan."""
     op = "group_conv"
+    check_tensors(op, s, "s", weight, bias)
+    _check_weight_ndim(op, weight, 5, "[C_out, n, C_in, kh, kw]")
+    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], op)
     n = plan.order
     if s.dim() != 5:
         raise ValueError(f"{op}: expected input s of shape [B, n={n}, C_in, H, W] (5-D), "
@@ -136,19 +148,17 @@ def check_group(s, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
     if s.shape[1] != n:
         raise ValueError(f"{op}: input s has group axis of size {s.shape[1]} (dim 1) but group "
                          f"{plan.group.name} has order {n}; expected s of shape [B, {n}, C_in, H, W]")
-    if weight.dim() != 5:
-        raise ValueError(f"{op}: expected weight of shape [C_out, n={n}, C_in, kh, kw] (5-D), "
-                         f"got {weight.dim()}-D shape {_shape(weight)}")
     if weight.shape[1] != n:
         raise ValueError(f"{op}: weight has group axis of size {weight.shape[1]} (dim 1) but group "
                          f"{plan.group.name} has order {n}; expected weight [C_out, {n}, C_in, kh, kw]")
     if weight.shape[2] != s.shape[2]:
         raise ValueError(f"{op}: weight has C_in={weight.shape[2]} input channels but s has "
                          f"{s.shape[2]} channels (s {_shape(s)}, weight {_shape(weight)})")
-    return _check_common(op, s.shape[-2:], weight, bias, plan)
+    _check_common(op, s.shape[-2:], weight, bias, plan)
+    return plan
 
 
-def _check_common(op, hw, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
+def _check_common(op, hw, weight, bias, plan: ConvPlan) -> None:
     H, W = int(hw[0]), int(hw[1])
     kh, kw = weight.shape[-2:]
     group = plan.group
@@ -169,4 +179,3 @@ def _check_common(op, hw, weight, bias, plan: ConvPlan) -> Tuple[int, int]:
                          f"stride {plan.stride}, padding (top, bottom, left, right)={plan.padding}, "
                          f"dilation {plan.dilation}: the padded input must be at least as large as the "
                          f"dilated kernel")
-    return Ho, Wo

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import backends as _backends
 from . import groups as _groups
-from ._args import ConvPlan, check_group, check_lift, check_tensors, make_plan, plan_from_schema
+from ._args import ConvPlan, check_group, check_lift, plan_from_schema
 from ._layout import empty_stack, is_channels_last, same_layout, stack_like
 
 __all__ = ["lift_conv", "group_conv"]
@@ -212,12 +212,7 @@ def lift_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group
     """
     _backends.check_name(backend, "lift_conv")
     x, weight, bias = _autocast(x, weight, bias)
-    check_tensors("lift_conv", x, "x", weight, bias)
-    if weight.dim() != 4:
-        raise ValueError(f"lift_conv: expected weight of shape [C_out, C_in, kh, kw] (4-D), "
-                         f"got {weight.dim()}-D shape {list(weight.shape)}")
-    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "lift_conv")
-    check_lift(x, weight, bias, plan)
+    plan = check_lift(x, weight, bias, group, stride, padding, dilation, frame)
     return _lift_conv_op(x, weight, bias, *plan.schema_args(), backend)
 
 
@@ -239,10 +234,5 @@ def group_conv(s: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, grou
     """
     _backends.check_name(backend, "group_conv")
     s, weight, bias = _autocast(s, weight, bias)
-    check_tensors("group_conv", s, "s", weight, bias)
-    if weight.dim() != 5:
-        raise ValueError(f"group_conv: expected weight of shape [C_out, n, C_in, kh, kw] (5-D), "
-                         f"got {weight.dim()}-D shape {list(weight.shape)}")
-    plan = make_plan(group, stride, padding, dilation, frame, weight.shape[-2], weight.shape[-1], "group_conv")
-    check_group(s, weight, bias, plan)
+    plan = check_group(s, weight, bias, group, stride, padding, dilation, frame)
     return _group_conv_op(s, weight, bias, *plan.schema_args(), backend)
