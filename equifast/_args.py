@@ -174,7 +174,6 @@ def _check_common(op, hw, weight, bias, plan: ConvPlan) -> None:
         raise ValueError(f"{op}: weight has a zero-size dimension: {_shape(weight)}")
     Ho, Wo = plan.out_size(H, W, kh, kw)
     if Ho <= 0 or Wo <= 0:
-        pt, pb, pl, pr = plan.padding
         raise ValueError(f"{op}: output size would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel {kh}x{kw}, "
                          f"stride {plan.stride}, padding (top, bottom, left, right)={plan.padding}, "
                          f"dilation {plan.dilation}: the padded input must be at least as large as the "
