@@ -9,6 +9,8 @@ import torch
 
 import equifast
 from equifast import groups
+from equifast._layout import is_channels_last
+from helpers import make_problem, to_channels_last
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -33,26 +35,8 @@ CONFIGS = [
 
 
 def _problem(op, group, H, W, k, kw, B=2, C_in=3, C_out=5, dtype=torch.float64, seed=0, bias=True):
-    gen = torch.Generator().manual_seed(seed)
-    n = groups.get(group).order
-    if op == "lift_conv":
-        x = torch.randn(B, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, C_in, k, kw, generator=gen, dtype=torch.float64)
-    else:
-        x = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, n, C_in, k, kw, generator=gen, dtype=torch.float64)
-    b = torch.randn(C_out, generator=gen, dtype=torch.float64) if bias else None
-    return x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
-
-
-def _channels_last(t):
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-
-
-def _is_cl_stack(t):
-    return (not t.is_contiguous()) and t.permute(0, 3, 4, 1, 2).is_contiguous()
+    return make_problem(op, group, B=B, C_in=C_in, C_out=C_out, H=H, W=W, k=k, kw=kw, bias=bias, dtype=dtype,
+                        seed=seed)
 
 
 def _fwd_bwd(op, x, w, b, **kw):
@@ -91,12 +75,12 @@ def test_forward_backward_matches_reference(op, group, frame):
 def test_float32_layouts(op, group, frame, layout):
     x, w, b = _problem(op, group, 9, 9, 3, 3, dtype=torch.float32, C_in=4, C_out=6)
     if layout == "channels_last":
-        x = _channels_last(x)
+        x = to_channels_last(x)
     kwargs = dict(group=group, frame=frame, padding=1, stride=(1, 2))
     ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
     out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
     assert out.dtype == torch.float32
-    assert _is_cl_stack(out) == (layout == "channels_last")
+    assert is_channels_last(out) == (layout == "channels_last")
     _close(out, ref, torch.float32)
     for got, want in zip(grads, ref_grads):
         _close(got, want, torch.float32)

@@ -25,7 +25,8 @@ import torch
 import equifast
 from equifast import _limits, backends, groups
 from equifast._args import make_plan
-from equifast._layout import empty_stack, is_channels_last
+from equifast._layout import is_channels_last
+from helpers import make_problem, to_channels_last
 
 BACKENDS = equifast.available_backends("cpu")
 CUDA_BACKENDS = equifast.available_backends("cuda") if torch.cuda.is_available() else []
@@ -71,27 +72,9 @@ def _threads(request):
 # ---------------------------------------------------------------------------
 def problem(op, group, *, B=2, C_in=2, C_out=3, H=5, W=None, k=3, bias=True, dtype=torch.float32,
             channels_last=False, seed=0, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-    n = groups.get(group).order
-    W = H if W is None else W
-    if op == "lift_conv":
-        x = torch.randn(B, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, C_in, k, k, generator=gen, dtype=torch.float64)
-    else:
-        x = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, n, C_in, k, k, generator=gen, dtype=torch.float64)
-    b = torch.randn(C_out, generator=gen, dtype=torch.float64) if bias else None
-    x, w = x.to(device, dtype), w.to(device, dtype)
-    b = None if b is None else b.to(device, dtype)
-    if channels_last:
-        x = to_channels_last(x)
-    return x, w, b
-
-
-def to_channels_last(t):
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return empty_stack(t.shape, True, dtype=t.dtype, device=t.device).copy_(t)
+    x, w, b = make_problem(op, group, B=B, C_in=C_in, C_out=C_out, H=H, W=W, k=k, bias=bias, dtype=dtype,
+                           device=device, seed=seed)
+    return (to_channels_last(x) if channels_last else x), w, b
 
 
 def call(op, x, w, b, backend, **kw):
