@@ -64,7 +64,10 @@ def extensions():
     sources = schema_sources + (cpu_sources if want_cpu else [])
     if not (want_cpu and cpu_sources) and not (want_cuda and cuda_sources):
         return [], {}
-    cxx = ["-O3"]  # the C++ standard is left to torch (C++17 up to torch 2.13, C++20 from 2.14)
+    # The C++ standard is left to torch (C++17 up to torch 2.13, C++20 from 2.14). ISO C++ modes turn
+    # floating-point contraction off; the CPU GEMM tiles (csrc/cpu/microkernels.h) rely on a * b + c
+    # becoming one FMA.
+    cxx = ["-O3", "-ffp-contract=fast"]
     openmp = ["-fopenmp"]  # at::parallel_for's OpenMP backend is inlined into our translation units
     include_dirs = [os.path.abspath("csrc")]
     if want_cuda and cuda_sources:

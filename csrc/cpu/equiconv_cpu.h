@@ -1,15 +1,19 @@
 // The fused CPU orbit convolution (see csrc/equiconv.h for the maths), shared by
-// csrc/cpu/lift_conv.cpp and csrc/cpu/group_conv.cpp.
+// csrc/cpu/lift_conv.cpp and csrc/cpu/group_conv.cpp. Every pass is a register-tiled GEMM
+// (cpu/microkernels.h) against a patch gathered straight from x through the pixel table, so no
+// rotated view of x is ever materialised:
 //
-// Forward: one task per output row (b, g, i). The task gathers the kh rows of the view act(x, g⁻¹)
-// that the row needs straight from x through the pixel table (a [K, Wo] row patch, never a full
-// view), then a register-blocked GEMM against the per-element weights Wg[g] gives all C_out rows,
-// written to their slot of the output stack (contiguous or channels_last) in place.
-// Grad input: one task per (b, block of input planes): one transposed GEMM per output row, scattered
-// back through the same pixel table into private plane buffers (no atomics).
-// Grad weight: the K = m·C·kh·kw weight taps are split over threads; each thread owns its taps and
-// sums over (b, g, i, j) in a fixed order, so results do not depend on the thread count.
-// Inner loops vectorise (AVX2+FMA copy picked at run time on x86-64, baseline otherwise).
+// Forward: one task per (b, g, chunk of output positions). The task gathers the [K, positions]
+// patch of the view act(x, g⁻¹) (in K blocks of at most 128 taps) and multiplies it by Wg[g]
+// ([C_out, K]), writing all C_out channels straight into slot g of the output stack: rows o for a
+// contiguous stack, rows of positions (o contiguous) for a channels_last one. Bias seeds the tile.
+// Grad input: one task per (b, block of input planes (h, c)); per output row one GEMM gives the
+// block's taps for all C_out at once, scattered through the same pixel table into private planes.
+// Grad weight: gWg[g][k, o] = Σ_{b, p} patch[k, p] · gy[b, g, o, p], one task per (g, chunk of the
+// batch); the batch chunks depend on the shape only and are summed in order, so the result is
+// bitwise independent of the thread count. No atomics anywhere.
+// The GEMM is compiled for the baseline ISA, AVX2+FMA and AVX-512; the best copy the CPU runs is
+// picked at run time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,56 +21,87 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "equiconv.h"
 
 #define EQUIFAST_MK_NS mk_base
-#define EQUIFAST_MK_JB 8
+#define EQUIFAST_MK_VBYTES 16
+#define EQUIFAST_MK_MR 6
 #include "cpu/microkernels.h"
 #undef EQUIFAST_MK_NS
-#undef EQUIFAST_MK_JB
+#undef EQUIFAST_MK_VBYTES
+#undef EQUIFAST_MK_MR
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EQUIFAST_HAVE_AVX2_COPY 1
+#define EQUIFAST_HAVE_X86_COPIES 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define EQUIFAST_MK_NS mk_avx2
-#define EQUIFAST_MK_JB 16
+#define EQUIFAST_MK_VBYTES 32
+#define EQUIFAST_MK_MR 6
 #include "cpu/microkernels.h"
 #undef EQUIFAST_MK_NS
-#undef EQUIFAST_MK_JB
+#undef EQUIFAST_MK_VBYTES
+#undef EQUIFAST_MK_MR
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#define EQUIFAST_MK_NS mk_avx512
+#define EQUIFAST_MK_VBYTES 64
+#define EQUIFAST_MK_MR 8
+#include "cpu/microkernels.h"
+#undef EQUIFAST_MK_NS
+#undef EQUIFAST_MK_VBYTES
+#undef EQUIFAST_MK_MR
 #pragma GCC pop_options
 #endif
 
 namespace equifast {
 namespace cpu {
 
+using Init = mk_base::Init;
+
 template <typename T>
 struct Micro {
-  void (*gemm)(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);
-  void (*dots)(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);
-  int64_t jb;
+  void (*gemm)(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, int, const T*);
+  void (*transpose)(int64_t, int64_t, const T*, int64_t, T*, int64_t);
+  int64_t nb;  // column block: B rows (and a column bias) must be readable up to a multiple of it
 };
 
-inline bool use_avx2() {
-#ifdef EQUIFAST_HAVE_AVX2_COPY
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+// "avx512", "avx2" or "baseline": the GEMM copy this CPU runs (EQUIFAST_CPU_ISA=avx2|baseline caps it).
+inline const char* isa() {
+#ifdef EQUIFAST_HAVE_X86_COPIES
+  static const char* chosen = [] {
+    const char* cap = std::getenv("EQUIFAST_CPU_ISA");
+    const std::string c = cap ? cap : "";
+    if (c != "baseline" && c != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+      return "avx512";
+    if (c != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+    return "baseline";
+  }();
+  return chosen;
 #else
-  return false;
+  return "baseline";
 #endif
 }
 
 template <typename T>
 Micro<T> micro() {
-#ifdef EQUIFAST_HAVE_AVX2_COPY
-  if (use_avx2()) return {&mk_avx2::gemm_acc<T>, &mk_avx2::dots_acc<T>, mk_avx2::kJB};
+#ifdef EQUIFAST_HAVE_X86_COPIES
+  const std::string which = isa();
+  if (which == "avx512") return {&mk_avx512::gemm<T>, &mk_avx512::transpose<T>, mk_avx512::block_n<T>()};
+  if (which == "avx2") return {&mk_avx2::gemm<T>, &mk_avx2::transpose<T>, mk_avx2::block_n<T>()};
 #endif
-  return {&mk_base::gemm_acc<T>, &mk_base::dots_acc<T>, mk_base::kJB};
+  return {&mk_base::gemm<T>, &mk_base::transpose<T>, mk_base::block_n<T>()};
 }
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Valid output columns [jlo, jhi) for a tap whose input column is c0 + j·sw.
 inline void col_range(const Geom& g, int64_t c0, int64_t& jlo, int64_t& jhi) {
@@ -75,27 +110,69 @@ inline void col_range(const Geom& g, int64_t c0, int64_t& jlo, int64_t& jhi) {
   if (jhi < jlo) jhi = jlo;
 }
 
-// Row patch of output row i for copy g: col[k - kb][j] = xview[b, h, c, i·sh − pt + u·dh, j·sw − pl + v·dw]
-// for k in [kb, ke), through xoff (this element's row of element offsets: pixel p -> x offset).
+// Rows [r0, r1) of the view act(x[b], g⁻¹), every plane (h, c): row r of plane (h, c) starts at
+// ptr + h·sh + c·sc + (r − r0)·sr. Read in place when the view is x itself with unit column stride
+// and the conv has column stride 1; otherwise gathered once through the pixel table into buf (one
+// small tile per task), split by column stride into polyphase rows: phase φ (at + φ·sp) holds
+// columns φ, φ + sw, φ + 2·sw, ... So every row of the patch below is a contiguous copy.
 template <typename T>
-void build_col(const Geom& g, const T* xb, const int64_t* xoff, int64_t i, int64_t kb, int64_t ke, T* col,
+struct ViewRows {
+  const T* ptr;
+  int64_t sh, sc, sr, sp, r0;
+};
+
+template <typename T>
+ViewRows<T> view_rows(const Geom& g, bool in_place, const T* xb, const int64_t* xoff, int64_t r0, int64_t r1,
+                      std::vector<T>& buf) {
+  if (in_place) return {xb, g.xs[1], g.xs[2], g.xs[3], 0, 0};
+  const int64_t nr = std::max<int64_t>(0, r1 - r0), sp = ceil_div(g.W, g.sw), sr = g.sw * sp, plane = nr * sr;
+  if (static_cast<int64_t>(buf.size()) < g.m * g.C * plane) buf.resize(g.m * g.C * plane);
+  for (int64_t h = 0; h < g.m; ++h)
+    for (int64_t c = 0; c < g.C; ++c) {
+      const T* base = xb + h * g.xs[1] + c * g.xs[2];
+      T* dst = buf.data() + (h * g.C + c) * plane;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t* xo = xoff + r * g.W;
+        T* row = dst + (r - r0) * sr;
+        for (int64_t phase = 0; phase < g.sw; ++phase)
+          for (int64_t t = 0, q = phase; q < g.W; ++t, q += g.sw) row[phase * sp + t] = base[xo[q]];
+      }
+    }
+  return {buf.data(), g.C * plane, plane, sr, sp, r0};
+}
+
+// View rows that output rows [i0, i1] read: [r0, r1) within the image.
+inline void rows_needed(const Geom& g, int64_t i0, int64_t i1, int64_t& r0, int64_t& r1) {
+  r0 = std::max<int64_t>(0, i0 * g.sh - g.pt);
+  r1 = std::min<int64_t>(g.H, i1 * g.sh - g.pt + (g.kh - 1) * g.dh + 1);
+}
+
+// Patch of output positions [p0, p0 + np) (p = i·Wo + j):
+//   col[k - kb][p - p0] = xview[h, c, i·sh − pt + u·dh, j·sw − pl + v·dw]   for k in [kb, ke)
+// zero outside the image; each row of col is zero-filled up to ldc.
+template <typename T>
+void build_col(const Geom& g, const ViewRows<T>& vr, int64_t p0, int64_t np, int64_t kb, int64_t ke, T* col,
                int64_t ldc) {
   const int64_t KK = g.kh * g.kw;
   for (int64_t k = kb; k < ke; ++k) {
     T* dst = col + (k - kb) * ldc;
     std::fill(dst, dst + ldc, T(0));
     const int64_t v = k % g.kw, u = (k / g.kw) % g.kh, hc = k / KK, c = hc % g.C, h = hc / g.C;
-    const int64_t r = i * g.sh - g.pt + u * g.dh;
-    if (r < 0 || r >= g.H) continue;
-    const T* base = xb + h * g.xs[1] + c * g.xs[2];
+    const T* plane = vr.ptr + h * vr.sh + c * vr.sc;
     const int64_t c0 = v * g.dw - g.pl;
-    const int64_t* xr = xoff + r * g.W + c0;
     int64_t jlo, jhi;
     col_range(g, c0, jlo, jhi);
-    if (g.sw == 1) {
-      for (int64_t j = jlo; j < jhi; ++j) dst[j] = base[xr[j]];
-    } else {
-      for (int64_t j = jlo; j < jhi; ++j) dst[j] = base[xr[j * g.sw]];
+    for (int64_t pp = p0; pp < p0 + np;) {
+      const int64_t i = pp / g.Wo, j0 = pp - i * g.Wo, j1 = std::min(g.Wo, j0 + (p0 + np - pp));
+      const int64_t r = i * g.sh - g.pt + u * g.dh;
+      const int64_t a = std::max(j0, jlo), z = std::min(j1, jhi);
+      if (r >= 0 && r < g.H && a < z) {
+        // src[j]: column j·sw + c0 of view row r, i.e. column j of output row i
+        const int64_t phase = ((c0 % g.sw) + g.sw) % g.sw;
+        const T* src = plane + (r - vr.r0) * vr.sr + phase * vr.sp + (c0 - phase) / g.sw;
+        std::copy(src + a, src + z, dst + (pp - p0) - j0 + a);
+      }
+      pp += j1 - j0;
     }
   }
 }
@@ -103,47 +180,72 @@ void build_col(const Geom& g, const T* xb, const int64_t* xoff, int64_t i, int64
 // xoff[g][p] = element offset (row·stride_h + col·stride_w) of pixel xperm[g][p]
 inline at::Tensor pixel_offsets(const Prepared& p) {
   const Geom& g = p.geom;
+  if (g.xs[3] == g.W * g.xs[4]) return g.xs[4] == 1 ? p.xperm : (p.xperm * g.xs[4]).contiguous();  // dense rows
   return (at::floor_divide(p.xperm, g.W) * g.xs[3] + at::remainder(p.xperm, g.W) * g.xs[4]).contiguous();
+}
+
+// Wg^T per element, [n, K, round_up(Co, nb)] with zero columns past Co (the B operand of the
+// channels_last forward, whose columns are output channels).
+inline at::Tensor weights_k_major(const Prepared& p, int64_t nb) {
+  const Geom& g = p.geom;
+  return at::constant_pad_nd(p.Wg.transpose(1, 2), {0, round_up(g.Co, nb) - g.Co}).contiguous();
 }
 
 template <typename T>
 void forward(const Prepared& p, const T* bias, at::Tensor& out) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), HW = g.H * g.W, Wop = round_up(g.Wo, mk.jb);
+  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, NB = mk.nb, Copad = round_up(g.Co, NB);
+  const int64_t nkc = ceil_div(K, 128), KC = ceil_div(K, nkc);  // K blocks of at most 128 taps
+  // positions per task: whole rows where possible, so that few view rows are staged twice
+  const int64_t NP = std::min(round_up(P, NB), std::max(NB, round_up(65536 / KC, NB)));
+  const int64_t chunks = ceil_div(P, NP);
+  // A stack's positions flatten (row stride = Wo · column stride): channels_last puts o innermost.
+  const bool cl = p.x_channels_last;
+  const int64_t os0 = out.stride(0), os1 = out.stride(1), os_o = out.stride(2), os_p = out.stride(4);
+  TORCH_INTERNAL_ASSERT(out.stride(3) == g.Wo * os_p && (cl ? os_o == 1 : os_p == 1));
   at::Tensor xoff_t = pixel_offsets(p);
+  const bool in_place = p.identity_x && g.xs[4] == 1 && g.sw == 1;
+  at::Tensor WgT_t = cl ? weights_k_major(p, NB) : at::Tensor();
+  std::vector<T> bias_pad(Copad, T(0));
+  if (bias) std::copy(bias, bias + g.Co, bias_pad.begin());
   const int64_t* xoff = xoff_t.data_ptr<int64_t>();
   const T* x = p.x.data_ptr<T>();
   const T* Wg = p.Wg.data_ptr<T>();
+  const T* WgT = cl ? WgT_t.data_ptr<T>() : nullptr;
   T* o_ptr = out.data_ptr<T>();
-  const int64_t os[5] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3), out.stride(4)};
-  const int64_t rows = g.B * g.n * g.Ho;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Co * K * Wop / 16));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> col(K * Wop), acc(g.Co * Wop);
+  at::parallel_for(0, g.B * g.n * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col(KC * NP), rows;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t % g.Ho, e = (t / g.Ho) % g.n, b = t / (g.Ho * g.n);
-      build_col(g, x + b * g.xs[0], xoff + e * HW, i, 0, K, col.data(), Wop);
-      for (int64_t o = 0; o < g.Co; ++o) std::fill(acc.data() + o * Wop, acc.data() + (o + 1) * Wop, bias ? bias[o] : T(0));
-      mk.gemm(g.Co, K, Wop, Wg + e * g.Co * K, K, col.data(), Wop, acc.data(), Wop);
-      T* ob = o_ptr + b * os[0] + e * os[1] + i * os[3];
-      if (os[4] == 1) {
-        for (int64_t o = 0; o < g.Co; ++o) std::copy(acc.data() + o * Wop, acc.data() + o * Wop + g.Wo, ob + o * os[2]);
-      } else {
-        for (int64_t j = 0; j < g.Wo; ++j)
-          for (int64_t o = 0; o < g.Co; ++o) ob[o * os[2] + j * os[4]] = acc[o * Wop + j];
+      const int64_t ch = t % chunks, e = (t / chunks) % g.n, b = t / (chunks * g.n);
+      const int64_t p0 = ch * NP, np = std::min(NP, P - p0), npad = round_up(np, NB);
+      int64_t r0, r1;
+      rows_needed(g, p0 / g.Wo, (p0 + np - 1) / g.Wo, r0, r1);
+      const ViewRows<T> vr = view_rows(g, in_place, x + b * g.xs[0], xoff + e * HW, r0, r1, rows);
+      T* ob = o_ptr + b * os0 + e * os1 + p0 * os_p;
+      for (int64_t kb = 0; kb < K; kb += KC) {
+        const int64_t kc = std::min(KC, K - kb);
+        build_col(g, vr, p0, np, kb, kb + kc, col.data(), npad);
+        if (!cl) {  // out[o, p] = Σ_k Wg[e][o, k] · col[k, p]
+          const int init = kb > 0 ? Init::kAccumulate : bias ? Init::kRowBias : Init::kZero;
+          mk.gemm(g.Co, np, kc, Wg + e * g.Co * K + kb, K, 1, col.data(), npad, ob, os_o, init, bias);
+        } else {    // out[p, o] = Σ_k col[k, p] · Wg[e][o, k]
+          const int init = kb > 0 ? Init::kAccumulate : bias ? Init::kColBias : Init::kZero;
+          mk.gemm(np, g.Co, kc, col.data(), 1, npad, WgT + (e * K + kb) * Copad, Copad, ob, os_p, init,
+                  bias_pad.data());
+        }
       }
     }
   });
 }
 
-// Stage gy[b, e, :, i, :] (contiguous grad_out) into a zero-padded [Co, Wop] buffer.
+// Stage gy[b, e, :, i, :] (contiguous grad_out) into a zero-padded [Co, ld] buffer.
 template <typename T>
-inline void stage_grad_row(const Geom& g, const T* gy, int64_t b, int64_t e, int64_t i, T* buf, int64_t Wop) {
+inline void stage_grad_row(const Geom& g, const T* gy, int64_t b, int64_t e, int64_t i, T* buf, int64_t ld) {
   const T* src = gy + ((b * g.n + e) * g.Co) * g.Ho * g.Wo + i * g.Wo;
   for (int64_t o = 0; o < g.Co; ++o) {
-    std::copy(src + o * g.Ho * g.Wo, src + o * g.Ho * g.Wo + g.Wo, buf + o * Wop);
-    std::fill(buf + o * Wop + g.Wo, buf + (o + 1) * Wop, T(0));
+    std::copy(src + o * g.Ho * g.Wo, src + o * g.Ho * g.Wo + g.Wo, buf + o * ld);
+    std::fill(buf + o * ld + g.Wo, buf + (o + 1) * ld, T(0));
   }
 }
 
@@ -154,12 +256,12 @@ template <typename T>
 void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), KK = g.kh * g.kw, HW = g.H * g.W, Wop = round_up(g.Wo, mk.jb);
+  const int64_t K = g.K(), KK = g.kh * g.kw, HW = g.H * g.W, Wop = round_up(g.Wo, mk.nb);
   const int64_t planes = g.m * g.C;
   const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t nblk = std::min<int64_t>(planes, std::max<int64_t>(1, (want_tasks + g.B - 1) / std::max<int64_t>(1, g.B)));
-  const int64_t per = (planes + nblk - 1) / nblk;
-  const int64_t nblocks = (planes + per - 1) / per;
+  const int64_t nblk = std::min<int64_t>(planes, std::max<int64_t>(1, ceil_div(want_tasks, std::max<int64_t>(1, g.B))));
+  const int64_t per = ceil_div(planes, nblk);
+  const int64_t nblocks = ceil_div(planes, per);
   at::Tensor WgT_t = p.Wg.transpose(1, 2).contiguous();  // [n, K, Co]
   const T* WgT = WgT_t.data_ptr<T>();
   const int64_t* xp = p.xperm.data_ptr<int64_t>();
@@ -178,8 +280,9 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
         const int64_t* xpe = xp + e * HW;
         for (int64_t i = 0; i < g.Ho; ++i) {
           stage_grad_row(g, gy, b, e, i, gyb.data(), Wop);
-          std::fill(gcol.begin(), gcol.begin() + np * KK * Wop, T(0));
-          mk.gemm(np * KK, g.Co, Wop, WgT + (e * K + hc0 * KK) * g.Co, g.Co, gyb.data(), Wop, gcol.data(), Wop);
+          // gcol[k, j] = Σ_o Wg[e][o, k] · gy[o, j] for this block's taps k
+          mk.gemm(np * KK, g.Wo, g.Co, WgT + (e * K + hc0 * KK) * g.Co, g.Co, 1, gyb.data(), Wop, gcol.data(), Wop,
+                  Init::kZero, nullptr);
           for (int64_t u = 0; u < g.kh; ++u) {
             const int64_t r = i * g.sh - g.pt + u * g.dh;
             if (r < 0 || r >= g.H) continue;
@@ -187,11 +290,11 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
               const int64_t c0 = v * g.dw - g.pl;
               int64_t jlo, jhi;
               col_range(g, c0, jlo, jhi);
-              const int64_t* xr = xpe + r * g.W + c0;
+              const int64_t* xr = xpe + r * g.W;
               for (int64_t q = 0; q < np; ++q) {
                 const T* src = gcol.data() + (q * KK + u * g.kw + v) * Wop;
                 T* pl = plane.data() + q * HW;
-                for (int64_t j = jlo; j < jhi; ++j) pl[xr[j * g.sw]] += src[j];
+                for (int64_t j = jlo; j < jhi; ++j) pl[xr[c0 + j * g.sw]] += src[j];
               }
             }
           }
@@ -207,33 +310,44 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   });
 }
 
-// gWg[e][o][k] = Σ_{b, i, j} gy[b, e, o, i, j] · col[b, e, k, i, j]   ([n, Co, K], T)
+// gWg[e][o][k] = Σ_{b, p} gy[b, e, o, p] · col[b, e, k, p]   ([n, Co, K], T)
+// Computed as [K, Co] = col · gy^T per (e, chunk of the batch); chunks are fixed by the shape.
 template <typename T>
 at::Tensor grad_weight_partials(const Prepared& p, const at::Tensor& gy_c) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), HW = g.H * g.W, Wop = round_up(g.Wo, mk.jb);
+  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, Copad = round_up(g.Co, mk.nb);
+  const int64_t NP = std::min(P, std::max<int64_t>(8, 32768 / K));  // positions per patch
+  const int64_t per_b = ceil_div(g.B, std::min(g.B, std::max<int64_t>(1, ceil_div(16, g.n))));
+  const int64_t nbc = ceil_div(g.B, per_b);
   at::Tensor xoff_t = pixel_offsets(p);
+  const bool in_place = p.identity_x && g.xs[4] == 1 && g.sw == 1;
   const int64_t* xoff = xoff_t.data_ptr<int64_t>();
   const T* x = p.x.data_ptr<T>();
   const T* gy = gy_c.data_ptr<T>();
-  at::Tensor gWg = at::zeros({g.n, g.Co, K}, p.Wg.options());
-  T* gw = gWg.data_ptr<T>();
-  at::parallel_for(0, K, 1, [&](int64_t kb, int64_t ke) {
-    const int64_t Kb = ke - kb;
-    std::vector<T> col(Kb * Wop), gyb(g.Co * Wop), part(g.n * g.Co * Kb, T(0));
-    for (int64_t b = 0; b < g.B; ++b)
-      for (int64_t e = 0; e < g.n; ++e)
-        for (int64_t i = 0; i < g.Ho; ++i) {
-          stage_grad_row(g, gy, b, e, i, gyb.data(), Wop);
-          build_col(g, x + b * g.xs[0], xoff + e * HW, i, kb, ke, col.data(), Wop);
-          mk.dots(g.Co, Kb, Wop, gyb.data(), Wop, col.data(), Wop, part.data() + e * g.Co * Kb, Kb);
+  at::Tensor parts = at::zeros({nbc, g.n, K, Copad}, p.Wg.options());
+  T* part = parts.data_ptr<T>();
+  at::parallel_for(0, g.n * nbc, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col(K * NP), gyT(NP * Copad, T(0)), rows;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e = t / nbc, bc = t % nbc;
+      T* acc = part + (bc * g.n + e) * K * Copad;
+      for (int64_t b = bc * per_b; b < std::min(g.B, (bc + 1) * per_b); ++b)
+        for (int64_t p0 = 0; p0 < P; p0 += NP) {
+          const int64_t np = std::min(NP, P - p0);
+          int64_t r0, r1;
+          rows_needed(g, p0 / g.Wo, (p0 + np - 1) / g.Wo, r0, r1);
+          build_col(g, view_rows(g, in_place, x + b * g.xs[0], xoff + e * HW, r0, r1, rows), p0, np, 0, K,
+                    col.data(), NP);
+          const T* src = gy + ((b * g.n + e) * g.Co) * P + p0;
+          mk.transpose(g.Co, np, src, P, gyT.data(), Copad);
+          // acc[k, o] += Σ_q col[k, q] · gy[o, q]
+          mk.gemm(K, g.Co, np, col.data(), NP, 1, gyT.data(), Copad, acc, Copad, Init::kAccumulate, nullptr);
         }
-    for (int64_t e = 0; e < g.n; ++e)
-      for (int64_t o = 0; o < g.Co; ++o)
-        std::copy(part.data() + (e * g.Co + o) * Kb, part.data() + (e * g.Co + o + 1) * Kb, gw + (e * g.Co + o) * K + kb);
+    }
   });
-  return gWg;
+  for (int64_t bc = 1; bc < nbc; ++bc) parts[0].add_(parts[bc]);  // fixed order
+  return parts[0].narrow(2, 0, g.Co).transpose(1, 2).contiguous();
 }
 
 // ------------------------------------------------------------------ op-level entry points

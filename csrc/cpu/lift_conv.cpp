@@ -41,6 +41,11 @@ std::tuple<at::Tensor, at::Tensor> lift_conv_backward(const at::Tensor& grad_out
 }  // namespace cpu
 }  // namespace equifast
 
+// Which copy of the CPU GEMM runs here ("avx512", "avx2" or "baseline"; EQUIFAST_CPU_ISA caps it).
+std::string cpu_isa() { return equifast::cpu::isa(); }
+
+TORCH_LIBRARY_FRAGMENT(equifast_C, m) { m.def("cpu_isa() -> str", &cpu_isa); }
+
 TORCH_LIBRARY_IMPL(equifast_C, CPU, m) {
   m.impl("lift_conv", &equifast::cpu::lift_conv);
   m.impl("lift_conv_backward", &equifast::cpu::lift_conv_backward);

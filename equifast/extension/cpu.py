@@ -16,8 +16,14 @@ from ._backend import group_conv, group_conv_backward, lift_conv, lift_conv_back
 NAME = "cpu"
 DTYPES = (torch.float32, torch.float64)
 
-__all__ = ["NAME", "availability", "supports", "preferred", "lift_conv", "group_conv",
+__all__ = ["NAME", "availability", "supports", "preferred", "isa", "lift_conv", "group_conv",
            "lift_conv_backward", "group_conv_backward"]
+
+
+def isa() -> str:
+    """The instruction set of the CPU kernels' GEMM on this machine: "avx512", "avx2" or "baseline"
+    (picked at first use; the environment variable EQUIFAST_CPU_ISA=avx2|baseline caps it)."""
+    return _backend.compiled_ops().cpu_isa()
 
 
 def availability(device):
