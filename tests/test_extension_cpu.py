@@ -177,11 +177,14 @@ def test_dtype_refused_with_reason():
     assert not ok and "bfloat16" in reason
 
 
-def test_auto_picks_cpu_for_small_lifting():
+@pytest.mark.parametrize("op, C_in, expected", [("lift_conv", 1, "cpu"), ("lift_conv", 4, "cpu"),
+                                                ("lift_conv", 5, "torch"), ("group_conv", 2, "torch")])
+def test_auto_picks_cpu_for_small_lifting(op, C_in, expected):
+    """auto follows the measured rule (bench/results/cpu-2026-11-23-1thread): lifting with C_in <= 4."""
     from equifast import backends
-    x, w, _ = _problem("lift_conv", "C4", 28, 28, 3, 3, C_in=1, C_out=8, dtype=torch.float32)
-    plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, "lift_conv")
-    assert backends.resolve("auto", plan, x, w, "lift_conv") is cpu_backend
+    x, w, _ = _problem(op, "C4", 28, 28, 3, 3, C_in=C_in, C_out=8, dtype=torch.float32)
+    plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, op)
+    assert backends.resolve("auto", plan, x, w, op).NAME == expected
     assert "cpu" in equifast.available_backends("cpu")
 
 

