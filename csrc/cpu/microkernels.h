@@ -10,6 +10,7 @@
 // A tile of MR rows × 2 vectors stays in registers for the whole k loop (GCC vector types; the
 // sources are compiled with -ffp-contract=fast, so `acc += a * b` becomes one FMA).
 //
+// Needs GCC or Clang (vector extensions); the in-register transpose uses GCC's __builtin_shuffle.
 // EQUIFAST_MK_NS: namespace of this copy;  EQUIFAST_MK_VBYTES: vector width in bytes;
 // EQUIFAST_MK_MR: rows per tile (MR·2 accumulators + 3 must fit the register file).
 namespace EQUIFAST_MK_NS {
@@ -127,9 +128,13 @@ struct TransposeMasks {
 // swapping the off-diagonal d × d blocks (d = L/2, ..., 1).
 template <typename T>
 inline void transpose_block(const T* __restrict__ src, int64_t lds, T* __restrict__ dst, int64_t ldd) {
+  constexpr int L = static_cast<int>(Vec<T>::lanes);
+#if defined(__clang__)  // clang's shuffles take constant indices only: plain loops there
+  for (int i = 0; i < L; ++i)
+    for (int j = 0; j < L; ++j) dst[j * ldd + i] = src[i * lds + j];
+#else
   using V = typename Vec<T>::type;
   using M = typename IndexVec<T>::type;
-  constexpr int L = static_cast<int>(Vec<T>::lanes);
   static constexpr TransposeMasks<T> masks{};
   V r[L];
 #pragma GCC unroll 16
@@ -149,6 +154,7 @@ inline void transpose_block(const T* __restrict__ src, int64_t lds, T* __restric
   }
 #pragma GCC unroll 16
   for (int i = 0; i < L; ++i) __builtin_memcpy(dst + i * ldd, &r[i], sizeof(V));
+#endif
 }
 
 // dst[j·ldd + i] = src[i·lds + j]   (i < rows, j < cols)
