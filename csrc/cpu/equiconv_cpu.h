@@ -317,8 +317,11 @@ at::Tensor grad_weight_partials(const Prepared& p, const at::Tensor& gy_c) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
   const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, Copad = round_up(g.Co, mk.nb);
-  const int64_t NP = std::min(P, std::max<int64_t>(8, 32768 / K));  // positions per patch
-  const int64_t per_b = ceil_div(g.B, std::min(g.B, std::max<int64_t>(1, ceil_div(16, g.n))));
+  const int64_t NP = std::min(P, std::max<int64_t>(64, 32768 / K));  // positions per patch
+  // About 16 tasks, but no more partial copies of gWg than fit in 64 MiB (beyond one); shape-only.
+  const int64_t copies_cap = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, g.n * K * Copad));
+  const int64_t want = std::min({g.B, std::max<int64_t>(1, ceil_div(16, g.n)), copies_cap});
+  const int64_t per_b = ceil_div(g.B, want);
   const int64_t nbc = ceil_div(g.B, per_b);
   at::Tensor xoff_t = pixel_offsets(p);
   const bool in_place = p.identity_x && g.xs[4] == 1 && g.sw == 1;
