@@ -156,24 +156,28 @@ void build_col(const Geom& g, const ViewRows<T>& vr, int64_t p0, int64_t np, int
   const int64_t KK = g.kh * g.kw;
   for (int64_t k = kb; k < ke; ++k) {
     T* dst = col + (k - kb) * ldc;
-    std::fill(dst, dst + ldc, T(0));
     const int64_t v = k % g.kw, u = (k / g.kw) % g.kh, hc = k / KK, c = hc % g.C, h = hc / g.C;
     const T* plane = vr.ptr + h * vr.sh + c * vr.sc;
     const int64_t c0 = v * g.dw - g.pl;
+    const int64_t phase = ((c0 % g.sw) + g.sw) % g.sw;
     int64_t jlo, jhi;
     col_range(g, c0, jlo, jhi);
     for (int64_t pp = p0; pp < p0 + np;) {
       const int64_t i = pp / g.Wo, j0 = pp - i * g.Wo, j1 = std::min(g.Wo, j0 + (p0 + np - pp));
       const int64_t r = i * g.sh - g.pt + u * g.dh;
-      const int64_t a = std::max(j0, jlo), z = std::min(j1, jhi);
-      if (r >= 0 && r < g.H && a < z) {
-        // src[j]: column j·sw + c0 of view row r, i.e. column j of output row i
-        const int64_t phase = ((c0 % g.sw) + g.sw) % g.sw;
+      T* d = dst + (pp - p0) - j0;  // d[j]: column j of output row i
+      const bool row_ok = r >= 0 && r < g.H;
+      const int64_t a = row_ok ? std::min(j1, std::max(j0, jlo)) : j1, z = row_ok ? std::max(a, std::min(j1, jhi)) : j1;
+      // src[j]: column j·sw + c0 of view row r (its polyphase row when sw > 1)
+      for (int64_t j = j0; j < a; ++j) d[j] = T(0);
+      if (a < z) {
         const T* src = plane + (r - vr.r0) * vr.sr + phase * vr.sp + (c0 - phase) / g.sw;
-        std::copy(src + a, src + z, dst + (pp - p0) - j0 + a);
+        for (int64_t j = a; j < z; ++j) d[j] = src[j];
       }
+      for (int64_t j = z; j < j1; ++j) d[j] = T(0);
       pp += j1 - j0;
     }
+    std::fill(dst + np, dst + ldc, T(0));
   }
 }
 
