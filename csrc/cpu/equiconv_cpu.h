@@ -188,85 +188,100 @@ inline at::Tensor pixel_offsets(const Prepared& p) {
   return (at::floor_divide(p.xperm, g.W) * g.xs[3] + at::remainder(p.xperm, g.W) * g.xs[4]).contiguous();
 }
 
-// Wg^T per element, [n, K, round_up(Co, nb)] with zero columns past Co (the B operand of the
-// channels_last forward, whose columns are output channels).
+// Wg^T with all elements side by side, [K, n·Co + nb] (zero columns past n·Co): the B operand of
+// the channels_last forward, whose columns are (element, output channel).
 inline at::Tensor weights_k_major(const Prepared& p, int64_t nb) {
   const Geom& g = p.geom;
-  return at::constant_pad_nd(p.Wg.transpose(1, 2), {0, round_up(g.Co, nb) - g.Co}).contiguous();
+  return at::constant_pad_nd(p.Wg.permute({2, 0, 1}).reshape({g.K(), g.n * g.Co}), {0, nb}).contiguous();
 }
+
+// Elements per task: when the pixel table is the identity (canonical frame, group_conv) every
+// element reads the same patch, so one GEMM over all n·C_out rows serves them (the patch is built
+// once instead of n times); otherwise one element per task.
+inline int64_t elements_per_task(const Prepared& p) { return p.identity_x ? p.geom.n : 1; }
 
 template <typename T>
 void forward(const Prepared& p, const T* bias, at::Tensor& out) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, NB = mk.nb, Copad = round_up(g.Co, NB);
+  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, NB = mk.nb;
+  const int64_t E = elements_per_task(p), nblk = g.n / E, rows_out = E * g.Co;
   const int64_t nkc = ceil_div(K, 128), KC = ceil_div(K, nkc);  // K blocks of at most 128 taps
   // positions per task: whole rows where possible, so that few view rows are staged twice
   const int64_t NP = std::min(round_up(P, NB), std::max(NB, round_up(65536 / KC, NB)));
   const int64_t chunks = ceil_div(P, NP);
-  // A stack's positions flatten (row stride = Wo · column stride): channels_last puts o innermost.
+  // A stack's positions flatten (row stride = Wo · column stride); its (element, channel) pairs
+  // too: rows e·Co + o of a contiguous stack, columns of a channels_last one (o innermost).
   const bool cl = p.x_channels_last;
   const int64_t os0 = out.stride(0), os1 = out.stride(1), os_o = out.stride(2), os_p = out.stride(4);
-  TORCH_INTERNAL_ASSERT(out.stride(3) == g.Wo * os_p && (cl ? os_o == 1 : os_p == 1));
+  TORCH_INTERNAL_ASSERT(out.stride(3) == g.Wo * os_p && os1 == g.Co * os_o && (cl ? os_o == 1 : os_p == 1));
   at::Tensor xoff_t = pixel_offsets(p);
   const bool in_place = p.identity_x && g.xs[4] == 1 && g.sw == 1;
   at::Tensor WgT_t = cl ? weights_k_major(p, NB) : at::Tensor();
-  std::vector<T> bias_pad(Copad, T(0));
-  if (bias) std::copy(bias, bias + g.Co, bias_pad.begin());
+  const int64_t ldw = g.n * g.Co + NB;
+  std::vector<T> bias_rep(ldw, T(0));  // bias[o] for every (element, o)
+  if (bias)
+    for (int64_t e = 0; e < g.n; ++e) std::copy(bias, bias + g.Co, bias_rep.begin() + e * g.Co);
   const int64_t* xoff = xoff_t.data_ptr<int64_t>();
   const T* x = p.x.data_ptr<T>();
   const T* Wg = p.Wg.data_ptr<T>();
   const T* WgT = cl ? WgT_t.data_ptr<T>() : nullptr;
   T* o_ptr = out.data_ptr<T>();
-  at::parallel_for(0, g.B * g.n * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.B * nblk * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> col(KC * NP), rows;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t ch = t % chunks, e = (t / chunks) % g.n, b = t / (chunks * g.n);
+      const int64_t ch = t % chunks, e0 = (t / chunks) % nblk * E, b = t / (chunks * nblk);
       const int64_t p0 = ch * NP, np = std::min(NP, P - p0), npad = round_up(np, NB);
       int64_t r0, r1;
       rows_needed(g, p0 / g.Wo, (p0 + np - 1) / g.Wo, r0, r1);
-      const ViewRows<T> vr = view_rows(g, in_place, x + b * g.xs[0], xoff + e * HW, r0, r1, rows);
-      T* ob = o_ptr + b * os0 + e * os1 + p0 * os_p;
+      const ViewRows<T> vr = view_rows(g, in_place, x + b * g.xs[0], xoff + e0 * HW, r0, r1, rows);
+      T* ob = o_ptr + b * os0 + e0 * os1 + p0 * os_p;
+      const T* brep = bias_rep.data() + e0 * g.Co;
       for (int64_t kb = 0; kb < K; kb += KC) {
         const int64_t kc = std::min(KC, K - kb);
         build_col(g, vr, p0, np, kb, kb + kc, col.data(), npad);
-        if (!cl) {  // out[o, p] = Σ_k Wg[e][o, k] · col[k, p]
+        if (!cl) {  // out[(e, o), p] = Σ_k Wg[e][o, k] · col[k, p]
           const int init = kb > 0 ? Init::kAccumulate : bias ? Init::kRowBias : Init::kZero;
-          mk.gemm(g.Co, np, kc, Wg + e * g.Co * K + kb, K, 1, col.data(), npad, ob, os_o, init, bias);
-        } else {    // out[p, o] = Σ_k col[k, p] · Wg[e][o, k]
+          mk.gemm(rows_out, np, kc, Wg + e0 * g.Co * K + kb, K, 1, col.data(), npad, ob, os_o, init, brep);
+        } else {    // out[p, (e, o)] = Σ_k col[k, p] · Wg[e][o, k]
           const int init = kb > 0 ? Init::kAccumulate : bias ? Init::kColBias : Init::kZero;
-          mk.gemm(np, g.Co, kc, col.data(), 1, npad, WgT + (e * K + kb) * Copad, Copad, ob, os_p, init,
-                  bias_pad.data());
+          mk.gemm(np, rows_out, kc, col.data(), 1, npad, WgT + kb * ldw + e0 * g.Co, ldw, ob, os_p, init, brep);
         }
       }
     }
   });
 }
 
-// Stage gy[b, e, :, i, :] (contiguous grad_out) into a zero-padded [Co, ld] buffer.
+// Stage rows (e, o) = (e0 .. e0 + E, all o) of gy[b, :, :, i, :] (contiguous grad_out) into a
+// zero-padded [E·Co, ld] buffer.
 template <typename T>
-inline void stage_grad_row(const Geom& g, const T* gy, int64_t b, int64_t e, int64_t i, T* buf, int64_t ld) {
-  const T* src = gy + ((b * g.n + e) * g.Co) * g.Ho * g.Wo + i * g.Wo;
-  for (int64_t o = 0; o < g.Co; ++o) {
-    std::copy(src + o * g.Ho * g.Wo, src + o * g.Ho * g.Wo + g.Wo, buf + o * ld);
-    std::fill(buf + o * ld + g.Wo, buf + (o + 1) * ld, T(0));
+inline void stage_grad_rows(const Geom& g, const T* gy, int64_t b, int64_t e0, int64_t E, int64_t i, T* buf,
+                            int64_t ld) {
+  const int64_t P = g.Ho * g.Wo;
+  const T* src = gy + ((b * g.n + e0) * g.Co) * P + i * g.Wo;
+  for (int64_t r = 0; r < E * g.Co; ++r) {
+    std::copy(src + r * P, src + r * P + g.Wo, buf + r * ld);
+    std::fill(buf + r * ld + g.Wo, buf + (r + 1) * ld, T(0));
   }
 }
 
 // gx[b, h, c, XP[e][r, q]] += Σ_{e, o, u, v} Wg[e][o][k] · gy[b, e, o, i, j]
 // Tasks: (b, block of input planes (h, c)); per output row one GEMM gives the block's taps for all
-// C_out at once, scattered through the pixel table into the task's private planes.
+// C_out (and, with an identity pixel table, all elements at once), scattered through the pixel
+// table into the task's private planes.
 template <typename T>
 void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), KK = g.kh * g.kw, HW = g.H * g.W, Wop = round_up(g.Wo, mk.nb);
+  const int64_t KK = g.kh * g.kw, HW = g.H * g.W, Wop = round_up(g.Wo, mk.nb);
+  const int64_t E = elements_per_task(p), red = E * g.Co;  // reduction: (element, output channel)
   const int64_t planes = g.m * g.C;
   const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t nblk = std::min<int64_t>(planes, std::max<int64_t>(1, ceil_div(want_tasks, std::max<int64_t>(1, g.B))));
   const int64_t per = ceil_div(planes, nblk);
   const int64_t nblocks = ceil_div(planes, per);
-  at::Tensor WgT_t = p.Wg.transpose(1, 2).contiguous();  // [n, K, Co]
+  at::Tensor WgT_t = weights_k_major(p, 0);  // [K, n·Co]: WgT[k, (e, o)] = Wg[e][o][k]
+  const int64_t ldw = g.n * g.Co;
   const T* WgT = WgT_t.data_ptr<T>();
   const int64_t* xp = p.xperm.data_ptr<int64_t>();
   const T* gy = gy_c.data_ptr<T>();
@@ -275,17 +290,17 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
   if (gx.dim() == 4) { gs[0] = gx.stride(0); gs[1] = 0; gs[2] = gx.stride(1); gs[3] = gx.stride(2); gs[4] = gx.stride(3); }
   else for (int d = 0; d < 5; ++d) gs[d] = gx.stride(d);
   at::parallel_for(0, g.B * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> plane(per * HW), gyb(g.Co * Wop), gcol(per * KK * Wop);
+    std::vector<T> plane(per * HW), gyb(red * Wop), gcol(per * KK * Wop);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, b = t / nblocks;
       const int64_t hc0 = blk * per, hc1 = std::min<int64_t>(planes, hc0 + per), np = hc1 - hc0;
       std::fill(plane.begin(), plane.end(), T(0));
-      for (int64_t e = 0; e < g.n; ++e) {
-        const int64_t* xpe = xp + e * HW;
+      for (int64_t e0 = 0; e0 < g.n; e0 += E) {
+        const int64_t* xpe = xp + e0 * HW;
         for (int64_t i = 0; i < g.Ho; ++i) {
-          stage_grad_row(g, gy, b, e, i, gyb.data(), Wop);
-          // gcol[k, j] = Σ_o Wg[e][o, k] · gy[o, j] for this block's taps k
-          mk.gemm(np * KK, g.Wo, g.Co, WgT + (e * K + hc0 * KK) * g.Co, g.Co, 1, gyb.data(), Wop, gcol.data(), Wop,
+          stage_grad_rows(g, gy, b, e0, E, i, gyb.data(), Wop);
+          // gcol[k, j] = Σ_{e, o} Wg[e][o, k] · gy[(e, o), j] for this block's taps k
+          mk.gemm(np * KK, g.Wo, red, WgT + hc0 * KK * ldw + e0 * g.Co, ldw, 1, gyb.data(), Wop, gcol.data(), Wop,
                   Init::kZero, nullptr);
           for (int64_t u = 0; u < g.kh; ++u) {
             const int64_t r = i * g.sh - g.pt + u * g.dh;
@@ -298,7 +313,12 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
               for (int64_t q = 0; q < np; ++q) {
                 const T* src = gcol.data() + (q * KK + u * g.kw + v) * Wop;
                 T* pl = plane.data() + q * HW;
-                for (int64_t j = jlo; j < jhi; ++j) pl[xr[c0 + j * g.sw]] += src[j];
+                if (p.identity_x) {  // the pixel table is the identity: a plain (vectorisable) row update
+                  T* row = pl + r * g.W;
+                  for (int64_t j = jlo; j < jhi; ++j) row[c0 + j * g.sw] += src[j];
+                } else {
+                  for (int64_t j = jlo; j < jhi; ++j) pl[xr[c0 + j * g.sw]] += src[j];
+                }
               }
             }
           }
@@ -315,16 +335,20 @@ void grad_input(const Prepared& p, const at::Tensor& gy_c, at::Tensor& gx) {
 }
 
 // gWg[e][o][k] = Σ_{b, p} gy[b, e, o, p] · col[b, e, k, p]   ([n, Co, K], T)
-// Computed as [K, Co] = col · gy^T per (e, chunk of the batch); chunks are fixed by the shape.
+// Computed as [K, (e, o)] = col · gy^T per (block of elements, chunk of the batch); the chunks are
+// fixed by the shape and summed in order. With an identity pixel table one patch serves all n
+// elements (elements_per_task).
 template <typename T>
 at::Tensor grad_weight_partials(const Prepared& p, const at::Tensor& gy_c) {
   const Geom& g = p.geom;
   const Micro<T> mk = micro<T>();
-  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo, Copad = round_up(g.Co, mk.nb);
+  const int64_t K = g.K(), HW = g.H * g.W, P = g.Ho * g.Wo;
+  const int64_t E = elements_per_task(p), nblk = g.n / E, cols = E * g.Co, ldt = round_up(cols, mk.nb);
+  const int64_t ldp = g.n * g.Co;  // row stride of a partial: all (e, o)
   const int64_t NP = std::min(P, std::max<int64_t>(64, 32768 / K));  // positions per patch
   // About 16 tasks, but no more partial copies of gWg than fit in 64 MiB (beyond one); shape-only.
-  const int64_t copies_cap = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, g.n * K * Copad));
-  const int64_t want = std::min({g.B, std::max<int64_t>(1, ceil_div(16, g.n)), copies_cap});
+  const int64_t copies_cap = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, K * ldp));
+  const int64_t want = std::min({g.B, std::max<int64_t>(1, ceil_div(16, nblk)), copies_cap});
   const int64_t per_b = ceil_div(g.B, want);
   const int64_t nbc = ceil_div(g.B, per_b);
   at::Tensor xoff_t = pixel_offsets(p);
@@ -332,29 +356,28 @@ at::Tensor grad_weight_partials(const Prepared& p, const at::Tensor& gy_c) {
   const int64_t* xoff = xoff_t.data_ptr<int64_t>();
   const T* x = p.x.data_ptr<T>();
   const T* gy = gy_c.data_ptr<T>();
-  at::Tensor parts = at::zeros({nbc, g.n, K, Copad}, p.Wg.options());
+  at::Tensor parts = at::zeros({nbc, K, ldp}, p.Wg.options());
   T* part = parts.data_ptr<T>();
-  at::parallel_for(0, g.n * nbc, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> col(K * NP), gyT(NP * Copad, T(0)), rows;
+  at::parallel_for(0, nblk * nbc, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col(K * NP), gyT(NP * ldt, T(0)), rows;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t e = t / nbc, bc = t % nbc;
-      T* acc = part + (bc * g.n + e) * K * Copad;
+      const int64_t e0 = t / nbc * E, bc = t % nbc;
+      T* acc = part + bc * K * ldp + e0 * g.Co;  // columns (e0 .. e0 + E, o) of this chunk's partial
       for (int64_t b = bc * per_b; b < std::min(g.B, (bc + 1) * per_b); ++b)
         for (int64_t p0 = 0; p0 < P; p0 += NP) {
           const int64_t np = std::min(NP, P - p0);
           int64_t r0, r1;
           rows_needed(g, p0 / g.Wo, (p0 + np - 1) / g.Wo, r0, r1);
-          build_col(g, view_rows(g, in_place, x + b * g.xs[0], xoff + e * HW, r0, r1, rows), p0, np, 0, K,
+          build_col(g, view_rows(g, in_place, x + b * g.xs[0], xoff + e0 * HW, r0, r1, rows), p0, np, 0, K,
                     col.data(), NP);
-          const T* src = gy + ((b * g.n + e) * g.Co) * P + p0;
-          mk.transpose(g.Co, np, src, P, gyT.data(), Copad);
-          // acc[k, o] += Σ_q col[k, q] · gy[o, q]
-          mk.gemm(K, g.Co, np, col.data(), NP, 1, gyT.data(), Copad, acc, Copad, Init::kAccumulate, nullptr);
+          mk.transpose(cols, np, gy + ((b * g.n + e0) * g.Co) * P + p0, P, gyT.data(), ldt);
+          // acc[k, (e, o)] += Σ_q col[k, q] · gy[(e, o), q]
+          mk.gemm(K, cols, np, col.data(), NP, 1, gyT.data(), ldt, acc, ldp, Init::kAccumulate, nullptr);
         }
     }
   });
   for (int64_t bc = 1; bc < nbc; ++bc) parts[0].add_(parts[bc]);  // fixed order
-  return parts[0].narrow(2, 0, g.Co).transpose(1, 2).contiguous();
+  return parts[0].view({K, g.n, g.Co}).permute({1, 2, 0}).contiguous();
 }
 
 // ------------------------------------------------------------------ op-level entry points
