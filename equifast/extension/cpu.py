@@ -38,9 +38,9 @@ def supports(plan, x, weight):
 
 
 # Measured side by side (bench/results/cpu-2026-11-23-1thread, one thread, AVX-512, forward+backward): on
-# lifting layers with C_in <= 4 this backend is 2.0-4.8x faster than the naive loop and 1.3-2.9x faster than
+# lifting layers with C_in <= 4 this backend is 1.8-4.3x faster than the naive loop and 1.7-4.4x faster than
 # "torch" (paper-MNIST, CIFAR C4/D4, the k7 stem); on layers with many input channels (deep lift 64->64,
-# group_conv 4x32->32) oneDNN wins (0.3-0.7x), so auto leaves those on "torch".
+# group_conv 4x32->32) oneDNN wins (the cpu kernel runs at 0.6-0.8x of it), so auto leaves those on "torch".
 MAX_PREFERRED_LIFT_CIN = 4
 
 
