@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import equifast
 from equifast import groups
-from helpers import EXACT_GROUPS
+from helpers import EXACT_GROUPS, make_problem
 
 BACKENDS = ("reference", "torch")
 
@@ -26,15 +26,7 @@ def view_problem(draw, op):
     W = H if group.quarter_turns else draw(st.integers(max(kh, kw) * dilation + 1, 11))
     C_in, C_out, B = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 2))
     seed = draw(st.integers(0, 2 ** 16))
-    gen = torch.Generator().manual_seed(seed)
-    n = group.order
-    if op == "lift_conv":
-        inp = torch.randn(B, C_in, H, W, generator=gen, dtype=torch.float64)
-        weight = torch.randn(C_out, C_in, kh, kw, generator=gen, dtype=torch.float64)
-    else:
-        inp = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
-        weight = torch.randn(C_out, n, C_in, kh, kw, generator=gen, dtype=torch.float64)
-    bias = torch.randn(C_out, generator=gen, dtype=torch.float64)
+    inp, weight, bias = make_problem(op, group, B=B, C_in=C_in, C_out=C_out, H=H, W=W, k=kh, kw=kw, seed=seed)
     return group, inp, weight, bias, dict(stride=stride, padding=padding, dilation=dilation)
 
 
@@ -63,11 +55,7 @@ def test_view_frame_is_exactly_equivariant(op, backend, data):
 def test_canonical_frame_is_equivariant_for_odd_same_convs(op, backend, group_name, k, dilation, H, seed):
     group = groups.get(group_name)
     n = group.order
-    gen = torch.Generator().manual_seed(seed)
-    shape = (2, 3, H, H) if op == "lift_conv" else (2, n, 3, H, H)
-    wshape = (4, 3, k, k) if op == "lift_conv" else (4, n, 3, k, k)
-    inp = torch.randn(shape, generator=gen, dtype=torch.float64)
-    weight = torch.randn(wshape, generator=gen, dtype=torch.float64)
+    inp, weight, _ = make_problem(op, group, B=2, C_in=3, C_out=4, H=H, k=k, bias=False, seed=seed)
     pad = dilation * (k - 1) // 2
     f = lambda t: getattr(equifast, op)(t, weight, group=group, padding=pad, dilation=dilation,  # noqa: E731
                                         frame="canonical", backend=backend)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import equifast
-from equifast import groups
+from helpers import make_problem, to_channels_last
 
 pytestmark = pytest.mark.gpu
 
@@ -41,22 +41,8 @@ def _need_cuda_kernels():
 
 
 def _problem(op, group, H, W, k, kw, B=2, C_in=3, C_out=5, dtype=torch.float64, seed=0, device="cuda"):
-    gen = torch.Generator().manual_seed(seed)
-    n = groups.get(group).order
-    if op == "lift_conv":
-        x = torch.randn(B, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, C_in, k, kw, generator=gen, dtype=torch.float64)
-    else:
-        x = torch.randn(B, n, C_in, H, W, generator=gen, dtype=torch.float64)
-        w = torch.randn(C_out, n, C_in, k, kw, generator=gen, dtype=torch.float64)
-    b = torch.randn(C_out, generator=gen, dtype=torch.float64)
-    return tuple(t.to(device=device, dtype=dtype) for t in (x, w, b))
-
-
-def _channels_last(t):
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    return make_problem(op, group, B=B, C_in=C_in, C_out=C_out, H=H, W=W, k=k, kw=kw, dtype=dtype, device=device,
+                        seed=seed)
 
 
 def _fwd_bwd(op, x, w, b, **kw):
@@ -108,7 +94,7 @@ def test_channels_last(op, group):
     x, w, b = _problem(op, group, 9, 9, 3, 3, C_in=4, C_out=6, dtype=torch.float32)
     kwargs = dict(group=group, padding=1, stride=(1, 2))
     ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
-    out, grads = _fwd_bwd(op, _channels_last(x), w, b, backend="cuda", **kwargs)
+    out, grads = _fwd_bwd(op, to_channels_last(x), w, b, backend="cuda", **kwargs)
     assert out.permute(0, 3, 4, 1, 2).is_contiguous() and not out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     for got, want in zip(grads, ref_grads):
