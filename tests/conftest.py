@@ -4,6 +4,8 @@
   must be set before any kernel module is imported, hence here, at the top of conftest.
 * Tests marked ``gpu`` are skipped without CUDA.
 * Hypothesis: no deadline (first calls compile), a modest number of examples (CI is 2 cores).
+* ``one_thread``: modules of tiny problems run with one torch thread
+  (``pytestmark = pytest.mark.usefixtures("one_thread")``).
 """
 import os
 
@@ -22,6 +24,16 @@ settings.register_profile("thorough", deadline=None, max_examples=300,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: on the 2 shared cores, OpenMP threads competing with other
+    processes spin-wait and make tiny problems up to 10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,12 +9,7 @@ import torch
 from equifast.__main__ import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_end_to_end_tiny(tmp_path, capsys):

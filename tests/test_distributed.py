@@ -32,12 +32,7 @@ GLOBAL_BATCH = 4
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------

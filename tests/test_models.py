@@ -10,12 +10,7 @@ from equifast.nn import equivariance_error
 BACKENDS = equifast.available_backends("cpu")   # triton: its interpreter on CPU under the tests (float32 only)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size", [8, 16, 28])

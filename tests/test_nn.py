@@ -36,12 +36,7 @@ def generators(G):
     return [1] if G.name.startswith("C") else [1, G.order // 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():   # 2 shared cores: OpenMP threads competing with other processes are 10x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _supports(backend, layer, x):
