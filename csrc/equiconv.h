@@ -61,6 +61,15 @@ inline at::Tensor empty_stack(const Geom& g, bool channels_last, const at::Tenso
   return at::empty({g.B, g.n, g.Co, g.Ho, g.Wo}, opt);
 }
 
+// Grad input in the input's layout: a [B, m, C, H, W] stack (channels_last: memory B, H, W, m, C)
+// or a [B, C, H, W] image (channels_last or contiguous).
+inline at::Tensor empty_grad_input(const Geom& g, const at::Tensor& x, bool channels_last) {
+  if (x.dim() == 5)
+    return channels_last ? at::empty({g.B, g.H, g.W, g.m, g.C}, x.options()).permute({0, 3, 4, 1, 2})
+                         : at::empty({g.B, g.m, g.C, g.H, g.W}, x.options());
+  return at::empty_like(x, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
 // Check shapes and tables, build geometry, Wg and the weight index.
 //   lift:  x [B, C, H, W], weight [Co, C, kh, kw], slot [n, 1] (zeros)
 //   group: x [B, n, C, H, W], weight [Co, n, C, kh, kw], slot [n, n]

@@ -406,11 +406,7 @@ inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Pre
   at::Tensor gy = grad_out.to(p.x.scalar_type()).contiguous();
   at::Tensor gx = p.x.new_empty({0}), gw = p.x.new_empty({0});
   if (mask[0]) {
-    if (p.x.dim() == 5)
-      gx = p.x_channels_last ? at::empty({g.B, g.H, g.W, g.m, g.C}, p.x.options()).permute({0, 3, 4, 1, 2})
-                             : at::empty({g.B, g.m, g.C, g.H, g.W}, p.x.options());
-    else
-      gx = at::empty_like(p.x, p.x_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    gx = empty_grad_input(g, p.x, p.x_channels_last);
     if (gx.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "equifast_cpu", [&] { grad_input<scalar_t>(p, gy, gx); });
     }

@@ -235,11 +235,7 @@ inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Pre
   at::Tensor gx = p.x.new_empty({0}), gw = p.x.new_empty({0});
   const int64_t HW = g.H * g.W;
   if (mask[0]) {
-    if (p.x.dim() == 5)
-      gx = p.x_channels_last ? at::empty({g.B, g.H, g.W, g.m, g.C}, p.x.options()).permute({0, 3, 4, 1, 2})
-                             : at::empty({g.B, g.m, g.C, g.H, g.W}, p.x.options());
-    else
-      gx = at::empty_like(p.x, p.x_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    gx = empty_grad_input(g, p.x, p.x_channels_last);
     const int64_t total = g.B * g.m * g.C * HW;
     if (total > 0) {
       at::Tensor xinv = at::argsort(p.xperm, /*stable=*/true, /*dim=*/1).contiguous();
