@@ -2,7 +2,8 @@
 
 Checks the structure of results.json (a record for every op, mode and backend; finite positive
 times; speedups equal to the ratios of the times; roofline fractions in (0, 1.5]), and that
-results.md and the PNG plot are written. Runs in well under a minute on 2 cores.
+results.md and the PNG plot are written. Runs in well under a minute on 2 cores. Also the order in
+which ``equifast.benchmark.compare`` calls its contenders (interleaved, rotated each round).
 """
 import json
 import math
@@ -111,3 +112,24 @@ def test_case_definitions():
     assert c.flops("forward+backward") == 3 * c.flops("forward")
     with pytest.raises(ValueError):
         eb.cases_for("full", ["no_such_case"])
+
+
+def test_compare_interleaves_contenders_and_rotates_the_order():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    stats = eb.compare(fns, "cpu", repeat=4, min_sample_s=0.0)
+    # warm-up (a, b, c), one calibration call each (a, b, c), then 4 rounds rotated by one each round
+    assert calls == ["a", "b", "c"] * 2 + ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert set(stats) == {"a", "b", "c"}
+    for s in stats.values():
+        assert s["samples"] == 4 and s["inner"] == 1
+        assert 0 <= s["min_s"] <= s["p20_s"] <= s["median_s"] <= s["p80_s"]
+
+
+def test_compare_budget_keeps_at_least_three_rounds_and_rejects_bad_input():
+    stats = eb.compare({"x": lambda: None}, "cpu", repeat=50, min_sample_s=0.0, budget_s=0.0)
+    assert stats["x"]["samples"] == 3
+    with pytest.raises(ValueError, match="fns"):
+        eb.compare({}, "cpu")
+    with pytest.raises(ValueError, match="repeat"):
+        eb.compare({"x": lambda: None}, "cpu", repeat=0)

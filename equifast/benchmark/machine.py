@@ -1,0 +1,64 @@
+"""The record of where a benchmark ran: date, device, CPU, load average, versions, git commit,
+backend availability (``environment(device)``), stored in results.json and results.md."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from typing import Dict, Sequence
+
+import torch
+
+from .._runtime import cpu_model, loadavg
+from .cases import backend_status
+
+
+def _run_quiet(cmd: Sequence[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except Exception:
+        return ""
+
+
+def environment(device: str) -> Dict[str, object]:
+    import equifast
+    from .. import backends as _backends
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    env: Dict[str, object] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": device,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": loadavg(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "equifast": equifast.__version__,
+        "git_commit": _run_quiet(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]),
+        "backends": {name: backend_status(name, device) for name in _backends.NAMES},
+    }
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        smi = _run_quiet(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        env.update({
+            "device_name": props.name,
+            "driver": smi.splitlines()[0].strip() if smi else None,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "sm_count": props.multi_processor_count,
+            "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        })
+    else:
+        env.update({"device_name": cpu_model(), "driver": None, "cuda": None,
+                    "mkldnn": bool(torch.backends.mkldnn.is_available())})
+    return env
+
