@@ -16,6 +16,6 @@ __all__ = ["lift_conv", "group_conv", "groups", "available_backends", "__version
 
 def __getattr__(name):  # lazy submodules: equifast.nn, equifast.models, ...
     import importlib
-    if name in ("nn", "models", "data", "reference", "expanded", "backends", "ops", "parameter_sharing"):
+    if name in ("nn", "models", "data", "interop", "backends", "ops", "parameter_sharing"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'equifast' has no attribute {name!r}")

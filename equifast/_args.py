@@ -20,6 +20,16 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 IntPair = Union[int, Sequence[int]]
 
 
+def out_size(H: int, W: int, kh: int, kw: int, stride, padding, dilation) -> Tuple[int, int]:
+    """Output size (H', W') of a convolution, as ``torch.nn.functional.conv2d`` computes it
+    (floor division); ``padding`` is explicit (top, bottom, left, right). The one definition used
+    by the ops, their fake kernels and the compiled ops' fake kernels."""
+    pt, pb, pl, pr = padding
+    (sh, sw), (dh, dw) = stride, dilation
+    return ((H + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+            (W + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
 @dataclass(frozen=True)
 class ConvPlan:
     group: _groups.Group
@@ -33,10 +43,7 @@ class ConvPlan:
         return self.group.order
 
     def out_size(self, H: int, W: int, kh: int, kw: int) -> Tuple[int, int]:
-        pt, pb, pl, pr = self.padding
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        return ((H + pt + pb - dh * (kh - 1) - 1) // sh + 1,
-                (W + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+        return out_size(H, W, kh, kw, self.stride, self.padding, self.dilation)
 
     def schema_args(self):
         """The plan as custom-op arguments (group name, stride, padding, dilation, frame)."""

@@ -29,6 +29,20 @@ def empty_stack(shape, channels_last: bool, *, dtype, device) -> torch.Tensor:
     return torch.empty(B, n, C, H, W, dtype=dtype, device=device)
 
 
+def empty_grads(inp: torch.Tensor, weight: torch.Tensor, output_mask):
+    """Uninitialised (grad_input, grad_weight) of an op's backward: grad_input in the layout of
+    ``inp`` (4-D image or 5-D stack), grad_weight contiguous; an empty tensor where
+    ``output_mask`` says the gradient is not needed (outputs of an op must not alias)."""
+    gx, gw = inp.new_empty(0), inp.new_empty(0)
+    if output_mask[0]:
+        gx = empty_stack(inp.shape, is_channels_last(inp), dtype=inp.dtype, device=inp.device) if inp.dim() == 5 \
+            else torch.empty_like(inp, memory_format=torch.channels_last if is_channels_last(inp)
+                                  else torch.contiguous_format)
+    if output_mask[1]:
+        gw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return gx, gw
+
+
 def stack_like(out: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``out`` in the layout an op promises (copies only when needed)."""
     if channels_last:

@@ -62,6 +62,8 @@ class Group:
         self.order = int(table.shape[0])
         self.cayley: Tuple[Tuple[int, ...], ...] = tuple(tuple(int(v) for v in row) for row in table.tolist())
         self.inverse: Tuple[int, ...] = tuple(row.index(0) for row in self.cayley)
+        # slots[g][h] = g⁻¹·h: where the regular action of g moves slot h from (see ``slot_table``)
+        self.slots: Tuple[Tuple[int, ...], ...] = tuple(self.cayley[i] for i in self.inverse)
         self.exact = bool(exact)
         self.quarter_turns = bool(quarter_turns)
         self._image_action = image_action
@@ -86,6 +88,12 @@ class Group:
 
     def inverse_tensor(self, device=None) -> torch.Tensor:
         return torch.tensor(self.inverse, dtype=torch.int64, device=device)
+
+    def slot_table(self, device=None) -> torch.Tensor:
+        """[n, n] int64 with ``slot_table[g, h] = g⁻¹·h``: row g is the regular action of g on the
+        group axis, (g·s)[:, h] = s[:, g⁻¹·h], and the block permutation of a group convolution's
+        filter bank (copy g weighs slot h with weight[:, g⁻¹·h])."""
+        return torch.tensor(self.slots, dtype=torch.int64, device=device)
 
     def check_image_size(self, H: int, W: int, what: str = "input") -> None:
         """Raise if this group cannot act on H x W images (90° rotations need H == W)."""
@@ -182,8 +190,7 @@ class Group:
         """Regular action on a stack [B, n, ...]: (g·s)[:, h] = s[:, g⁻¹h]."""
         self._check_stack(s)
         g = self._element(g)
-        gi = self.inverse[g]
-        perm = torch.tensor([self.cayley[gi][h] for h in range(self.order)], device=s.device)
+        perm = torch.tensor(self.slots[g], device=s.device)
         return s.index_select(1, perm)
 
     def act_canonical(self, s: torch.Tensor, g: int) -> torch.Tensor:

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from . import backends as _backends
 from . import groups as _groups
-from ._args import ConvPlan, check_group, check_lift, plan_from_schema
-from ._layout import empty_stack, is_channels_last, same_layout, stack_like
+from ._args import ConvPlan, check_group, check_lift, out_size, plan_from_schema
+from ._layout import empty_grads, empty_stack, is_channels_last, same_layout, stack_like
 
 __all__ = ["lift_conv", "group_conv"]
 
@@ -43,14 +43,15 @@ def _forward(kind: str, inp: Tensor, weight: Tensor, bias: Optional[Tensor], pla
     if inp.numel() == 0 or C_out == 0:
         return empty_stack((B, n, C_out, Ho, Wo), channels_last, dtype=inp.dtype, device=inp.device).zero_()
     # backends may assume a contiguous bias (C_out values: the copy is free)
-    out = getattr(impl, kind)(inp, weight, None if bias is None else bias.contiguous(), plan)
+    out = getattr(impl, kind + "_forward")(inp, weight, None if bias is None else bias.contiguous(), plan)
     return stack_like(out, channels_last)
 
 
-def _fake_forward(inp, weight, group, stride, padding, dilation, frame):
-    plan = plan_from_schema(group, stride, padding, dilation, frame)
-    Ho, Wo = plan.out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1])
-    return empty_stack((inp.shape[0], plan.order, weight.shape[0], Ho, Wo), is_channels_last(inp),
+def fake_forward(inp: Tensor, weight: Tensor, order: int, stride, padding, dilation) -> Tensor:
+    """The output of a forward op (lift_conv / group_conv, here or in ``equifast_C``) as an empty
+    stack [B, n, C_out, H', W'] in the layout the op promises."""
+    Ho, Wo = out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1], stride, padding, dilation)
+    return empty_stack((inp.shape[0], order, weight.shape[0], Ho, Wo), is_channels_last(inp),
                        dtype=inp.dtype, device=inp.device)
 
 
@@ -68,33 +69,33 @@ def _group_conv_op(s: Tensor, weight: Tensor, bias: Optional[Tensor], group: str
 
 @_lift_conv_op.register_fake
 def _(x, weight, bias, group, stride, padding, dilation, frame, backend):
-    return _fake_forward(x, weight, group, stride, padding, dilation, frame)
+    return fake_forward(x, weight, _groups.get(group).order, stride, padding, dilation)
 
 
 @_group_conv_op.register_fake
 def _(s, weight, bias, group, stride, padding, dilation, frame, backend):
-    return _fake_forward(s, weight, group, stride, padding, dilation, frame)
+    return fake_forward(s, weight, _groups.get(group).order, stride, padding, dilation)
 
 
 # ---------------------------------------------------------------------------
 # Backward ops (every backend: its own backward, or torch.func.vjp through its forward)
 # ---------------------------------------------------------------------------
-def _vjp_backward(kind, impl, grad_out, inp, weight, plan, mask):
+def _vjp_backward(kind, impl, grad_out, inp, weight, plan, output_mask):
     """Gradients of a plain-PyTorch backend's forward by torch.func.vjp (autograd proper is switched
     off inside op implementations; functorch's transforms are not)."""
-    forward = getattr(impl, kind)
-    if mask[0] and mask[1]:
+    forward = getattr(impl, kind + "_forward")
+    if output_mask[0] and output_mask[1]:
         _, vjp = torch.func.vjp(lambda i, w: forward(i, w, None, plan), inp, weight)
         return vjp(grad_out) + (None,)
-    if mask[0]:
+    if output_mask[0]:
         _, vjp = torch.func.vjp(lambda i: forward(i, weight, None, plan), inp)
         return vjp(grad_out)[0], None, None
     _, vjp = torch.func.vjp(lambda w: forward(inp, w, None, plan), weight)
     return None, vjp(grad_out)[0], None
 
 
-def _backward(kind: str, grad_out, inp, weight, plan, backend, mask):
-    mask = tuple(bool(m) for m in mask)
+def _backward(kind: str, grad_out, inp, weight, plan, backend, output_mask):
+    output_mask = tuple(bool(m) for m in output_mask)
     if inp.numel() == 0 or weight.shape[0] == 0:
         gx, gw = torch.zeros_like(inp), torch.zeros_like(weight)
         gb = grad_out.new_zeros(weight.shape[0])
@@ -102,28 +103,22 @@ def _backward(kind: str, grad_out, inp, weight, plan, backend, mask):
         impl = _backends.resolve(backend, plan, inp, weight, kind)
         grad_out = stack_like(grad_out, is_channels_last(grad_out))
         if hasattr(impl, kind + "_backward"):
-            gx, gw, gb = getattr(impl, kind + "_backward")(grad_out, inp, weight, plan, mask)
-        elif mask[0] or mask[1]:
-            gx, gw, gb = _vjp_backward(kind, impl, grad_out, inp, weight, plan, mask)
+            gx, gw, gb = getattr(impl, kind + "_backward")(grad_out, inp, weight, plan, output_mask)
+        elif output_mask[0] or output_mask[1]:
+            gx, gw, gb = _vjp_backward(kind, impl, grad_out, inp, weight, plan, output_mask)
         else:
             gx = gw = gb = None
-        if mask[2] and gb is None:
+        if output_mask[2] and gb is None:
             gb = grad_out.sum(dim=(0, 1, 3, 4))
     # outputs must not alias each other: a fresh empty tensor for each gradient not asked for
-    return (same_layout(gx, inp) if mask[0] else inp.new_empty(0),
-            gw.contiguous() if mask[1] else inp.new_empty(0),
-            gb if mask[2] else inp.new_empty(0))
+    return (same_layout(gx, inp) if output_mask[0] else inp.new_empty(0),
+            gw.contiguous() if output_mask[1] else inp.new_empty(0),
+            gb if output_mask[2] else inp.new_empty(0))
 
 
-def _fake_backward(grad_out, inp, weight, mask):
-    gx = inp.new_empty(0)
-    if mask[0]:
-        gx = empty_stack(inp.shape, is_channels_last(inp), dtype=inp.dtype, device=inp.device) if inp.dim() == 5 \
-            else torch.empty_like(inp, memory_format=torch.channels_last if is_channels_last(inp)
-                                  else torch.contiguous_format)
-    return (gx,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else inp.new_empty(0),
-            inp.new_empty(weight.shape[0]) if mask[2] else inp.new_empty(0))
+def _fake_backward(grad_out, inp, weight, output_mask):
+    gx, gw = empty_grads(inp, weight, output_mask)
+    return gx, gw, inp.new_empty(weight.shape[0] if output_mask[2] else 0)
 
 
 @torch.library.custom_op("equifast::lift_conv_backward", mutates_args=())
@@ -164,11 +159,11 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_out):
         inp, weight, bias = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
         grads = (None, None, None)
-        if any(mask):
-            gx, gw, gb = backward_op(grad_out, inp, weight, *ctx.schema_args, mask)
-            grads = tuple(g if m else None for g, m in zip((gx, gw, gb), mask))
+        if any(output_mask):
+            gx, gw, gb = backward_op(grad_out, inp, weight, *ctx.schema_args, output_mask)
+            grads = tuple(g if m else None for g, m in zip((gx, gw, gb), output_mask))
         return grads + (None,) * 6
     return backward
 

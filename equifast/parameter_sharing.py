@@ -235,9 +235,7 @@ def regular(group) -> Action:
     ``image_action`` of the same group)."""
     from . import groups as _groups
     g = _groups.get(group)
-    perms = torch.tensor([[g.cayley[g.inverse[a]][h] for h in range(g.order)] for a in range(g.order)],
-                         dtype=torch.int64)
-    return Action(g.order, perms, f"regular({g.name})")
+    return Action(g.order, g.slot_table(), f"regular({g.name})")
 
 
 def _broadcast_pair(a: Action, b: Action, what: str) -> Tuple[Tensor, Tensor]:

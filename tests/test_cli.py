@@ -46,9 +46,9 @@ def test_check_passes(capsys):
 
 
 def test_check_reports_mismatch(monkeypatch, capsys):
-    import equifast.expanded as tb
-    real = tb.lift_conv
-    monkeypatch.setattr(tb, "lift_conv", lambda x, w, b, plan: real(x, w, b, plan) * 1.01)
+    import equifast.backends.torch as tb
+    real = tb.lift_conv_forward
+    monkeypatch.setattr(tb, "lift_conv_forward", lambda x, w, b, plan: real(x, w, b, plan) * 1.01)
     assert main(["check", "--backends", "torch"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
 

@@ -14,12 +14,12 @@ from helpers import make_problem, to_channels_last
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from equifast import extension as ext
+    from equifast.backends import _compiled as ext
     _OK, _REASON = ext.load()
 if not _OK:
     pytest.skip(f"equifast._C is not available: {_REASON}", allow_module_level=True)
 
-from equifast.extension import cpu as cpu_backend  # noqa: E402
+from equifast.backends import cpu as cpu_backend  # noqa: E402
 
 EXACT = ("C1", "C2", "C4", "D1", "D2", "D4")
 FRAMES = ("view", "canonical")
@@ -310,7 +310,7 @@ def test_strided_field_major_stack(frame):
 
 _ISA_SCRIPT = r"""
 import sys, torch, equifast
-from equifast.extension import cpu
+from equifast.backends import cpu
 cap = sys.argv[1]
 isa = cpu.isa()
 assert (isa == "baseline") if cap == "baseline" else (isa != "avx512") if cap == "avx2" else True, (cap, isa)

@@ -32,7 +32,7 @@ def _need_cuda_kernels():
         pytest.skip("needs a CUDA device")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from equifast import extension as ext
+        from equifast.backends import _compiled as ext
         ok, reason = ext.load()
     if not ok:
         pytest.skip(f"equifast._C is not available: {reason}")
@@ -150,7 +150,7 @@ def test_opcheck(op):
 
 def test_auto_and_interpolated_fallback():
     from equifast import backends
-    from equifast.extension import cuda as cuda_backend
+    from equifast.backends import cuda as cuda_backend
     x, w, b = _problem("lift_conv", "C8", 9, 9, 3, 3, dtype=torch.float32)
     plan = equifast._args.make_plan("C8", 1, 1, 1, "view", 3, 3, "lift_conv")
     ok, reason = cuda_backend.supports(plan, x, w)

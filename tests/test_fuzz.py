@@ -255,7 +255,7 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 def refusal(backend, case, x, w):
     plan = make_plan(case["group"], case["stride"], case["padding"], case["dilation"], case["frame"],
                      w.shape[-2], w.shape[-1], case["op"])
-    ok, reason = backends.module(backend).supports(plan, x, w)
+    ok, reason = backends.supports(backends.module(backend), plan, x, w)
     return "" if ok else (reason or "refused without a reason")
 
 

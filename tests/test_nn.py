@@ -26,7 +26,7 @@ def _dtype_tol(backend):
     """float64 and a rounding-level tolerance where the backend takes float64, else float32."""
     plan = make_plan("C4", 1, 1, 1, "view", 3, 3, "t")
     x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-    if _backends.module(backend).supports(plan, x, torch.zeros(1, 1, 3, 3, dtype=torch.float64))[0]:
+    if _backends.supports(_backends.module(backend), plan, x, torch.zeros(1, 1, 3, 3, dtype=torch.float64))[0]:
         return torch.float64, TOL
     return torch.float32, dict(atol=2e-5, rtol=2e-5)
 
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _supports(backend, layer, x):
     plan = make_plan(layer.group, layer.stride, layer.padding, layer.dilation, layer.frame, *layer.kernel_size, "t")
-    ok, why = _backends.module(backend).supports(plan, x, layer.weight)
+    ok, why = _backends.supports(_backends.module(backend), plan, x, layer.weight)
     if not ok:
         pytest.skip(f"{backend}: {why}")
 

@@ -38,16 +38,6 @@ KERNEL_TARGETS = [t for t in TARGETS if t.split(":")[-1] not in ("reference", "t
 def split_target(target):
     """"torch" -> ("cpu", "torch"); "cuda:triton" -> ("cuda", "triton")."""
     return tuple(target.split(":")) if ":" in target else ("cpu", target)
-# Kernel backends whose index math was reviewed to be 64-bit throughout, until the module itself
-# declares INDEX_BITS = 64 (see equifast/_limits.py): name -> what was reviewed.
-REVIEWED_64BIT = {
-    "cpu": "csrc/cpu/*.h, *.cpp: every offset, count and loop index is int64_t (reviewed 2026-11-23)",
-    "triton": "32-bit offsets inside one sample, refused past 2^31 in supports() (per-sample input extent "
-              "and output, weight, row counts); the batch term of every address is 64-bit (reviewed "
-              "2026-11-23 at 9bc7986)",
-    "cuda": "csrc/cuda: int64_t offsets; grid limits checked by TORCH_CHECK before each launch "
-            "(reviewed 2026-11-23, not run: no GPU)",
-}
 OPS = ("lift_conv", "group_conv")
 FRAMES = ("view", "canonical")
 NAN, INF = float("nan"), float("inf")
@@ -84,7 +74,7 @@ def call(op, x, w, b, backend, **kw):
 def refused(backend, op, x, w, group="C4", stride=1, padding=0, dilation=1, frame="view"):
     """The reason ``backend``'s supports() refuses this call ("" when it accepts)."""
     plan = make_plan(group, stride, padding, dilation, frame, w.shape[-2], w.shape[-1], op)
-    ok, reason = backends.module(backend).supports(plan, x, w)
+    ok, reason = backends.supports(backends.module(backend), plan, x, w)
     return "" if ok else (reason or "refused without a reason")
 
 
@@ -232,19 +222,20 @@ def _broken_backend(leave_unwritten):
     """A backend that forgets to write the last output element (or not): checks the checker."""
     mod = types.ModuleType("equifast_test_broken_backend")
     mod.NAME = "broken"
+    mod.INDEX_BITS = 64
     mod.availability = lambda device: (True, "")
     mod.supports = lambda plan, x, weight: (True, "")
 
     def fwd(kind):
         def run(inp, weight, bias, plan):
-            ref = getattr(backends.module("reference"), kind)(inp, weight, bias, plan)
+            ref = getattr(backends.module("reference"), kind + "_forward")(inp, weight, bias, plan)
             out = torch.empty(ref.shape, dtype=ref.dtype, device=ref.device)
             flat, src = out.view(-1), ref.contiguous().view(-1)
             stop = flat.numel() - 1 if leave_unwritten else flat.numel()
             flat[:stop] = src[:stop]
             return out
         return run
-    mod.lift_conv, mod.group_conv = fwd("lift_conv"), fwd("group_conv")
+    mod.lift_conv_forward, mod.group_conv_forward = fwd("lift_conv"), fwd("group_conv")
     return mod
 
 
@@ -252,7 +243,7 @@ def _broken_backend(leave_unwritten):
 def test_unwritten_output_detector_works(monkeypatch, leave_unwritten):
     """The NaN-fill detector flags a backend that leaves one element unwritten (and only that)."""
     monkeypatch.setitem(backends.MODULES, "broken", "equifast_test_broken_backend")
-    monkeypatch.setitem(backends._loaded, "broken", _broken_backend(leave_unwritten))
+    monkeypatch.setitem(backends._registry._loaded, "broken", _broken_backend(leave_unwritten))
     case = ("lift_conv", "C4", "view", 1, 1, False, 2, 5)
     if leave_unwritten:
         with pytest.raises(AssertionError, match="NaN for NaN-free inputs"):
@@ -423,7 +414,7 @@ BIG_CASES = {
     "output": ("lift_conv", "C4", (1, 1, 1024, 1024), (2048, 1, 1, 1)),
     "weight": ("lift_conv", "C1", (1, 65536, 1, 1), (32769, 65536, 1, 1)),
     "stack": ("group_conv", "C4", (1, 4, 1, 23171, 23171), (1, 4, 1, 1, 1)),
-    "stack-output": ("group_conv", "D4", (2, 8, 1, 128, 128), (8193, 8, 1, 1, 1)),
+    "stack-output": ("group_conv", "D4", (1, 8, 1, 128, 128), (16385, 8, 1, 1, 1)),
 }
 
 
@@ -431,16 +422,27 @@ def test_limits_helper():
     for name, (op, group, x_shape, w_shape) in BIG_CASES.items():
         x, w = _big(*x_shape), _big(*w_shape)
         plan = make_plan(group, 1, 0, 1, "view", 1, 1, op)
-        reason = _limits.int32_reason(plan, x, w)
-        assert "2^31" in reason, name
-        with pytest.raises(RuntimeError, match=r"2\^31"):
-            _limits.check_int32(op, "x", plan, x, w)
+        assert "2^31" in _limits.int32_reason(plan, x, w), name
+        # the registry refuses it for a backend with 32-bit offsets, and only for one
+        narrow, wide = types.SimpleNamespace(INDEX_BITS=32), types.SimpleNamespace(INDEX_BITS=64)
+        narrow.supports = wide.supports = lambda *args: (True, "")
+        assert backends.supports(narrow, plan, x, w) == (False, _limits.int32_reason(plan, x, w)), name
+        assert backends.supports(wide, plan, x, w) == (True, ""), name
     x, w = torch.zeros(2, 3, 8, 8), torch.zeros(4, 3, 3, 3)
     assert _limits.int32_reason(make_plan("C4", 1, 0, 1, "view", 3, 3, "lift_conv"), x, w) == ""
-    assert _limits.fits_int32(x, w, (2 ** 31 - 1,)) and not _limits.fits_int32((2 ** 31,))
+    # only the per-sample part counts: a batch past 2^31 elements in all fits
+    x = _big(2 ** 14, 16, 64, 64)                  # 2^34 elements, 2^16 per sample
+    assert _limits.int32_reason(make_plan("C4", 1, 0, 1, "view", 1, 1, "lift_conv"), x, _big(1, 16, 1, 1)) == ""
     # a sliced view addresses past its numel
     base = torch.zeros(4)
     assert _limits.extent(base[::3]) == 4 and _limits.extent(base[1:2]) == 2
+
+
+def test_every_backend_declares_its_index_bits():
+    for name in backends.NAMES:
+        mod = backends.module(name)
+        if mod is not None:
+            assert mod.INDEX_BITS in (32, 64), name
 
 
 @pytest.mark.parametrize("case", sorted(BIG_CASES))
@@ -458,14 +460,10 @@ def test_int32_guard_before_any_kernel(target, case):
             call(op, x, w, None, backend, group=group)
         return
     mod = backends.module(backend)
-    if getattr(mod, "INDEX_BITS", 32) == 64 or backend in REVIEWED_64BIT:
-        why = REVIEWED_64BIT.get(backend, "the module declares INDEX_BITS = 64")
-        pytest.skip(f"backend {backend!r} accepts it with 64-bit offsets ({why}); the real size needs a GPU "
-                    f"or > 8 GB: test_large_tensor_gpu")
-    pytest.fail(f"backend {backend!r}: supports() accepts a call whose {case} has more than 2^31 elements "
-                f"(x {list(x.shape)}, weight {list(w.shape)}) and the module declares no INDEX_BITS = 64: "
-                f"add `reason = equifast._limits.int32_reason(plan, x, weight)` to supports() "
-                f"(or make every offset 64-bit and set INDEX_BITS = 64)")
+    assert mod.INDEX_BITS == 64, (f"backend {backend!r} with INDEX_BITS = {mod.INDEX_BITS} accepts a call whose "
+                                  f"{case} has more than 2^31 elements (x {list(x.shape)}, weight {list(w.shape)})")
+    pytest.skip(f"backend {backend!r} accepts it with 64-bit offsets (INDEX_BITS = 64); the real size needs a GPU "
+                f"or > 8 GB: test_large_tensor_gpu")
 
 
 @pytest.mark.gpu

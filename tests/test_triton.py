@@ -203,7 +203,7 @@ def test_group_conv_strided_input_view():
                                               ("lift", "C8", "canonical")])
 def test_split_k_weight_gradient(kind, group, frame, monkeypatch):
     """The GPU path splits the weight-gradient reduction into float32 partials; force it here."""
-    _common = importlib.import_module("equifast.triton._common")
+    _common = importlib.import_module("equifast.backends.triton._common")
     monkeypatch.setattr(_common, "split_k", lambda tiles, reduction, device: 3)
     x, w, b = _make(kind, group, B=2, H=12, W=12, C_in=2, C_out=3)         # 288 output rows: 3 splits
     _check_fp32(kind, x, w, b, group=group, frame=frame, padding=1)
@@ -313,10 +313,10 @@ def test_backend_contract():
     ok, reason = mod.supports(plan, torch.empty(2, 3, 8, 8, dtype=torch.float64, device="meta"), w)
     assert not ok and "float64" in reason
     huge = torch.empty(2 ** 15, 3, 2 ** 9, 2 ** 9, device="meta")                  # B*H*W = 2^33
-    ok, reason = mod.supports(plan, huge, w)
+    ok, reason = backends.supports(mod, plan, huge, w)   # INDEX_BITS = 32: the registry refuses it
     assert not ok and "2^31" in reason
     huge = torch.empty(1, 3, 2 ** 15, 2 ** 15, device="meta")                     # one sample > 2^31
-    ok, reason = mod.supports(plan, huge, w)
+    ok, reason = backends.supports(mod, plan, huge, w)
     assert not ok and "2^31" in reason
 
 
@@ -334,28 +334,10 @@ def test_cpu_needs_interpreter_and_no_bfloat16(monkeypatch):
 def test_import_is_lazy():
     """import equifast imports neither the backend nor its kernel modules (so nothing is compiled)."""
     code = ("import sys, equifast; "
-            "bad = [m for m in sys.modules if m.startswith('equifast.triton')]; "
+            "bad = [m for m in sys.modules if m.startswith('equifast.backends.triton') or m == 'triton']; "
             "print(bad); assert not bad")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-def test_backend_functions_not_shadowed_by_kernel_modules():
-    mod = backends.module("triton")
-    x, w, b = _make("lift", "C2", H=5, W=5)
-    equifast.lift_conv(x, w, b, group="C2", backend="triton")
-    importlib.import_module("equifast.triton.lift_conv")
-    assert callable(mod.lift_conv) and callable(mod.group_conv)
-    assert not isinstance(mod.lift_conv, type(importlib))
-    # a kernel module imported from outside before the first call still leaves a working backend
-    code = ("import importlib, torch; importlib.import_module('equifast.triton.group_conv'); "
-            "import equifast; s = torch.randn(1, 2, 1, 4, 4); w = torch.randn(2, 2, 1, 3, 3); "
-            "y = equifast.group_conv(s, w, group='C2', backend='triton'); "
-            "r = equifast.group_conv(s, w, group='C2', backend='reference'); "
-            "assert torch.allclose(y, r, atol=1e-5)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

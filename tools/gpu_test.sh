@@ -25,7 +25,7 @@ say "building equifast (EQUIFAST_BUILD_CUDA=1, CUDA_HOME=${CUDA_HOME:-unset})"
 EQUIFAST_BUILD_CUDA=1 "$PY" -m pip install -q -e . --no-build-isolation --no-deps
 # editable installs build into build/; make sure the in-place module is the fresh one as well
 EQUIFAST_BUILD_CUDA=1 "$PY" setup.py -q build_ext --inplace
-"$PY" -c "import equifast.extension as e; ok, why = e.load(); assert ok, why; assert e.cuda_compiled(), 'no CUDA kernels in equifast._C'; print('[gpu-test] equifast._C loaded with CUDA kernels')"
+"$PY" -c "import equifast.backends._compiled as e; ok, why = e.load(); assert ok, why; assert e.cuda_compiled(), 'no CUDA kernels in equifast._C'; print('[gpu-test] equifast._C loaded with CUDA kernels')"
 TESTS="${GPU_TESTS:-tests}"
 say "pytest -m gpu $TESTS"
 "$PY" -m pytest -q -m gpu $TESTS ${PYTEST_ARGS:-}

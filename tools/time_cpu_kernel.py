@@ -5,7 +5,7 @@
     .venv/bin/python tools/time_cpu_kernel.py --backward # forward + backward (grad weight, and grad x for group conv)
 
 Prints median milliseconds per call and the speed-ups of "cpu" over the other two. The numbers feed
-``equifast.extension.cpu.preferred`` (docs/extension.md); the full benchmark suite lives in bench/.
+``equifast.backends._compiled.preferred`` (docs/extension.md); the full benchmark suite lives in bench/.
 """
 import argparse
 import statistics

@@ -278,7 +278,7 @@ class GroupConv2d(_GroupConvBase):
     def filter_bank(self) -> Tensor:
         """The block-permuted filter bank [n*C_out, n*C_in, kh, kw] of the equivalent plain convolution
         over the flattened stack [B, n*C_in, H, W] (``equifast._layout.flatten_stack``)."""
-        from ..expanded.group_conv import permuted_filter_bank
+        from ..backends.torch.group_conv import permuted_filter_bank
         return permuted_filter_bank(self.weight.detach(), self.group, self.frame)
 
     def to_conv2d(self) -> nn.Conv2d:

@@ -32,7 +32,7 @@ def equivarify_views(x: Tensor, group, action: str = "image") -> Tensor:
         raise ValueError(f"Equivarify: action={action!r} needs a stack [B, {n}, ...] for group {G.name}, "
                          f"got shape {list(x.shape)}")
     # (g⁻¹·s)[:, h] = s[:, g·h]
-    table = torch.tensor([[G.cayley[g][h] for h in range(n)] for g in range(n)], device=x.device)
+    table = G.cayley_tensor(x.device)
     views = x[:, table]                                                   # [B, n(g), n(h), ...]
     if action == "canonical":
         views = G.act_each(views.transpose(0, 1), inv).transpose(0, 1)   # rotate view g by g⁻¹

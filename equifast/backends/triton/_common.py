@@ -14,7 +14,6 @@ as int32 / float32.
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Dict, Sequence, Tuple
 
@@ -22,12 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
+
 _LOCK = threading.Lock()
 _CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
 # ---------------------------------------------------------------------------

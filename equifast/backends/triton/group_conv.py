@@ -22,9 +22,6 @@ grad weight  gw[co,k,ci,tap'] = Σ_g Σ_t' T_g^T[tap',t'] Σ_{b,i,j} dy[b,g,co,i
 """
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +31,7 @@ from ._common import gather_taps
 
 
 @triton.jit
-def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
+def _group_conv_forward_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
                       n, C_in, H, W, C_out, Ho, Wo, KW, KK,
                       ssb, ssg, ssc, ssh, ssw, syb, syg, syc, syh, syw,
                       sh, sw, pt, pl, dh, dw, M, K,
@@ -85,7 +82,7 @@ def _group_fwd_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
 
 
 @triton.jit
-def _group_bwd_x_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
+def _group_conv_backward_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
                         n, C_in, H, W, C_out, Ho, Wo, KW, KK,
                         sdb, sdg, sdc, sdh, sdw, sgb, sgg, sgc, sgh, sgw,
                         sh, sw, pt, pl, dh, dw, M, K,
@@ -139,7 +136,7 @@ def _group_bwd_x_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
 
 
 @triton.jit
-def _group_bwd_w_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
+def _group_conv_backward_weight_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
                         n, C_in, H, W, C_out, Ho, Wo, KW, KK,
                         sdb, sdg, sdc, sdh, sdw, ssb, ssg, ssc, ssh, ssw,
                         sh, sw, pt, pl, dh, dw, M, N, CHUNK,
@@ -221,11 +218,11 @@ def _kernel_map(plan, kh, kw, device, transposed):
 
 
 def _out_stack(s, shape):
-    from .._layout import empty_stack, is_channels_last
+    from ..._layout import empty_stack, is_channels_last
     return empty_stack(shape, is_channels_last(s), dtype=s.dtype, device=s.device)
 
 
-def forward(s, weight, bias, plan):
+def group_conv_forward(s, weight, bias, plan):
     B, n, C_in, H, W = s.shape
     C_out, _, _, kh, kw = weight.shape
     Ho, Wo = plan.out_size(H, W, kh, kw)
@@ -238,7 +235,7 @@ def forward(s, weight, bias, plan):
     (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
     (sh, sw), (dh, dw) = plan.stride, plan.dilation
     pt, _, pl, _ = plan.padding
-    kernel, meta = C.launcher(_group_fwd_kernel, ("M", "K", "C_out", "W_MAP", "WEIGHTED"))
+    kernel, meta = C.launcher(_group_conv_forward_kernel, ("M", "K", "C_out", "W_MAP", "WEIGHTED"))
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
     kernel[grid](s, weight, bias if bias is not None else weight, y, slots["islot"], slots["wslot"], ktab, kwt,
                  n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
@@ -248,7 +245,7 @@ def forward(s, weight, bias, plan):
     return y
 
 
-def backward(grad_out, s, weight, plan, needs):
+def group_conv_backward(grad_out, s, weight, plan, output_mask):
     B, n, C_in, H, W = s.shape
     C_out, _, _, kh, kw = weight.shape
     Ho, Wo = grad_out.shape[-2:]
@@ -259,22 +256,22 @@ def backward(grad_out, s, weight, plan, needs):
     weighted = not plan.group.exact
     slots = _slot_tables(plan.group, plan.frame, s.device)
     gs = gw = None
-    if needs[0]:
+    if output_mask[0]:
         gs = _out_stack(s, s.shape)
         M, K = B * H * W, n * kh * kw * C_out
         (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
-        kernel, meta = C.launcher(_group_bwd_x_kernel, ("M", "K", "C_in", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_group_conv_backward_input_kernel, ("M", "K", "C_in", "W_MAP", "WEIGHTED"))
         grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]), n)
         kernel[grid](grad_out, weight, gs, slots["bx"], ktab, kwt,
                      n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
                      *grad_out.stride(), *gs.stride(), sh, sw, pt, pl, dh, dw, M, K,
                      W_MAP=w_map, TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-    if needs[1] and C_out == 0:
+    if output_mask[1] and C_out == 0:
         gw = torch.zeros_like(weight)
-    elif needs[1]:
+    elif output_mask[1]:
         M, N = B * Ho * Wo, n * kh * kw * C_in
         (ttab, twt), w_map = _kernel_map(plan, kh, kw, s.device, True)
-        kernel, meta = C.launcher(_group_bwd_w_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_group_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
         tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
         splits = C.split_k(tiles, M, s.device)
         chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
@@ -288,14 +285,3 @@ def backward(grad_out, s, weight, plan, needs):
                      W_MAP=w_map, TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
         gw = part[0] if splits == 1 else part.sum(0).to(weight.dtype)   # one launch unless split
     return gs, gw, None
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this module sets the package attribute of the same name, shadowing the backend
-    entry point of that name; calling the module runs the forward, so either object works."""
-
-    def __call__(self, *args, **kwargs):
-        return forward(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, cuda_compiled, load
-from ._backend import group_conv, group_conv_backward, lift_conv, lift_conv_backward
+from ._compiled import (cuda_compiled, group_conv_backward, group_conv_forward, lift_conv_backward, lift_conv_forward,
+                        load, preferred, supports_device)
 
 NAME = "cuda"
+INDEX_BITS = 64   # csrc/cuda: int64_t offsets; grid limits checked by TORCH_CHECK before each launch
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-__all__ = ["NAME", "availability", "supports", "preferred", "lift_conv", "group_conv",
+__all__ = ["NAME", "INDEX_BITS", "availability", "supports", "preferred", "lift_conv_forward", "group_conv_forward",
            "lift_conv_backward", "group_conv_backward"]
 
 
@@ -37,16 +38,4 @@ def availability(device):
 
 
 def supports(plan, x, weight):
-    return _backend.supports_common(plan, x, weight, "cuda", DTYPES)
-
-
-# Not yet measured on a GPU (see docs/extension.md). The kernels are direct (no tensor cores), so auto
-# only picks them where the layer is memory-bound: lifting layers with few input channels. Elsewhere
-# cuDNN through the "torch" backend is expected to win; the "cuda" backend stays selectable by name.
-MAX_PREFERRED_LIFT_CIN = 4
-
-
-def preferred(plan, x, weight):
-    if x.dim() == 4:
-        return weight.shape[1] <= MAX_PREFERRED_LIFT_CIN
-    return False
+    return supports_device(plan, x, "cuda", DTYPES)

@@ -1,18 +1,6 @@
-"""Backend registry and selection.
+"""Backend registry and selection (the interface a backend implements is in ``equifast.backends``).
 
-A backend is a module with
-  ``NAME``, ``availability(device) -> (ok, reason)``, ``supports(plan, x, weight) -> (ok, reason)``,
-  ``lift_conv(x, weight, bias, plan)`` and ``group_conv(s, weight, bias, plan)`` (forward),
-and optionally
-  ``lift_conv_backward(grad_out, x, weight, plan, needs) -> (grad_x, grad_weight, grad_bias)`` and
-  ``group_conv_backward(...)`` (``needs`` = (x, weight, bias) flags; an entry may be None when not
-  needed, and grad_bias None lets the op reduce grad_out itself),
-  ``preferred(plan, x, weight) -> bool`` (whether ``auto`` should pick it for this shape).
-A backend without its own backward is differentiated by autograd through its forward.
-Inputs and weights arrive with any strides (backends handle or copy them); the bias arrives
-contiguous; grad_out arrives contiguous or as a channels_last stack.
-
-Modules are imported on first use, never at ``import equifast``; a backend whose module or
+Backend modules are imported on first use, never at ``import equifast``; a backend whose module or
 compiled extension is missing is simply unavailable, with the reason kept for the error message.
 ``backend="auto"`` takes the first available, supporting and preferred backend of the device's
 list in ``AUTO_ORDER``; the environment variable ``EQUIFAST_BACKEND`` forces one.
@@ -25,14 +13,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-MODULES: Dict[str, str] = {
-    "reference": "equifast.reference",
-    "torch": "equifast.expanded",
-    "triton": "equifast.triton",
-    "cuda": "equifast.extension.cuda",
-    "cpu": "equifast.extension.cpu",
-}
-NAMES = tuple(MODULES)
+from .. import _limits
+
+NAMES = ("reference", "torch", "triton", "cuda", "cpu")
+MODULES: Dict[str, str] = {name: f"equifast.backends.{name}" for name in NAMES}  # backend name = module name
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 ENV_VAR = "EQUIFAST_BACKEND"
 
@@ -95,7 +79,7 @@ def resolve(backend: str, plan, x: torch.Tensor, weight: torch.Tensor, op: str):
         if not ok:
             raise RuntimeError(f"{op}: backend {backend!r} is not available on {x.device.type}: {reason}")
         mod = module(backend)
-        ok, reason = mod.supports(plan, x, weight)
+        ok, reason = supports(mod, plan, x, weight)
         if not ok:
             raise RuntimeError(f"{op}: backend {backend!r} does not support this call: {reason}")
         return mod
@@ -103,9 +87,19 @@ def resolve(backend: str, plan, x: torch.Tensor, weight: torch.Tensor, op: str):
         if not availability(name, x.device)[0]:
             continue
         mod = module(name)
-        if mod.supports(plan, x, weight)[0] and getattr(mod, "preferred", _always)(plan, x, weight):
+        if supports(mod, plan, x, weight)[0] and getattr(mod, "preferred", _always)(plan, x, weight):
             return mod
     return module("torch")
+
+
+def supports(mod, plan, x: torch.Tensor, weight: torch.Tensor) -> Tuple[bool, str]:
+    """Whether backend module ``mod`` runs this call: its index range (``INDEX_BITS``, see
+    ``equifast._limits``), then its own ``supports``."""
+    if mod.INDEX_BITS == 32:
+        reason = _limits.int32_reason(plan, x, weight)
+        if reason:
+            return False, reason
+    return mod.supports(plan, x, weight)
 
 
 def _always(*_):

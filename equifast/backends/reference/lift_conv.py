@@ -6,10 +6,10 @@ x: [B, C_in, H, W], weight: [C_out, C_in, kh, kw] -> out: [B, n, C_out, H', W'].
 """
 import torch
 
-from .common import conv2d
+from .._conv2d import conv2d
 
 
-def lift_conv(x, weight, bias, plan):
+def lift_conv_forward(x, weight, bias, plan):
     group = plan.group
     copies = []
     for g in range(group.order):

@@ -7,7 +7,7 @@ The sum over h is one conv2d over the n*C_in stacked channels.
 """
 import torch
 
-from .common import conv2d
+from .._conv2d import conv2d
 
 
 def lift_weight_channels(weight):
@@ -15,7 +15,7 @@ def lift_weight_channels(weight):
     return weight.reshape(weight.shape[0], -1, *weight.shape[-2:])
 
 
-def group_conv(s, weight, bias, plan):
+def group_conv_forward(s, weight, bias, plan):
     group = plan.group
     n = group.order
     B, _, C_in, H, W = s.shape

@@ -5,10 +5,11 @@ The weight is expanded once into rotated / block-permuted copies and a single ``
 Portable to every device; the fallback of ``backend="auto"`` and the main peer in benchmarks.
 Backward: one ``convolution_backward`` per op on the rebuilt conv operands (no recomputed
 forward), the cheap gathers differentiated by torch.func.vjp."""
-from .lift_conv import lift_conv, lift_conv_backward
-from .group_conv import group_conv, group_conv_backward
+from .group_conv import group_conv_backward, group_conv_forward
+from .lift_conv import lift_conv_backward, lift_conv_forward
 
 NAME = "torch"
+INDEX_BITS = 64
 
 
 def availability(device):

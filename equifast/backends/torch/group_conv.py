@@ -7,17 +7,15 @@ bank[g, :, h'] = w[:, g⁻¹·h'] (canonical: rotated by g), read as [B, n, C_ou
 """
 import torch
 
-from .._layout import flatten_stack, unflatten_stack
-from ..reference.common import conv2d, conv2d_backward
+from ..._layout import flatten_stack, unflatten_stack
+from .._conv2d import conv2d, conv2d_backward
 
 
 def permuted_filter_bank(weight, group, frame):
     """[C_out, n, C_in, kh, kw] -> [n*C_out, n*C_in, kh, kw]."""
     n = group.order
     C_out, _, C_in, kh, kw = weight.shape
-    table = torch.tensor([[group.cayley[group.inverse[g]][h] for h in range(n)] for g in range(n)],
-                         device=weight.device)
-    bank = weight[:, table].transpose(0, 1)                          # [n(g), C_out, n(h'), C_in, kh, kw]
+    bank = weight[:, group.slot_table(weight.device)].transpose(0, 1)   # [n(g), C_out, n(h'), C_in, kh, kw]
     if frame == "canonical":
         bank = group.act_each(bank)
     return bank.reshape(n * C_out, n * C_in, kh, kw)
@@ -37,16 +35,16 @@ def conv_operands(s, weight, plan):
     return flatten_stack(s), bank
 
 
-def group_conv(s, weight, bias, plan):
+def group_conv_forward(s, weight, bias, plan):
     n = plan.group.order
     inp, bank = conv_operands(s, weight, plan)
     return unflatten_stack(conv2d(inp, bank, None if bias is None else bias.repeat(n), plan), n)
 
 
-def group_conv_backward(grad_out, s, weight, plan, needs):
+def group_conv_backward(grad_out, s, weight, plan, output_mask):
     """Gradients of s and weight: one ``convolution_backward`` on the conv operands (the convolution
     is not recomputed); the filter-bank and layout steps are differentiated by torch.func.vjp."""
-    need_x, need_w = bool(needs[0]), bool(needs[1])
+    need_x, need_w = bool(output_mask[0]), bool(output_mask[1])
     (inp, bank), operands_vjp = torch.func.vjp(lambda t, w: conv_operands(t, w, plan), s, weight)
     g_inp, g_bank = conv2d_backward(flatten_stack(grad_out), inp, bank, plan, need_x, need_w)
     gs, gw = operands_vjp((torch.zeros_like(inp) if g_inp is None else g_inp,

@@ -24,9 +24,6 @@ grad weight  gw[co,ci,a,c] = Σ_{g,b,i,j} dy[b,g,co,i,j] · X_g[b,ci,p,q] (view)
 """
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 import triton
 import triton.language as tl
@@ -36,7 +33,7 @@ from ._common import gather_pixels, gather_taps
 
 
 @triton.jit
-def _lift_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
+def _lift_conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
                      C_in, H, W, C_out, Ho, Wo, KW, KK,
                      sxb, sxc, sxh, sxw, syb, syg, syc, syh, syw,
                      sh, sw, pt, pl, dh, dw, M, K,
@@ -83,7 +80,7 @@ def _lift_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
 
 
 @triton.jit
-def _lift_bwd_x_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
+def _lift_conv_backward_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
                        C_in, H, W, C_out, Ho, Wo, KW, KK, n,
                        sdb, sdg, sdc, sdh, sdw, sgb, sgc, sgh, sgw,
                        sh, sw, pt, pl, dh, dw, M, K,
@@ -144,7 +141,7 @@ def _lift_bwd_x_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
 
 
 @triton.jit
-def _lift_bwd_w_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
+def _lift_conv_backward_weight_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
                        C_in, H, W, C_out, Ho, Wo, KW, KK, n,
                        sdb, sdg, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
                        sh, sw, pt, pl, dh, dw, M, N, CHUNK,
@@ -223,11 +220,11 @@ def _alloc_like_input(x, shape):
 
 
 def _out_stack(x, B, n, C_out, Ho, Wo):
-    from .._layout import empty_stack, is_channels_last
+    from ..._layout import empty_stack, is_channels_last
     return empty_stack((B, n, C_out, Ho, Wo), is_channels_last(x), dtype=x.dtype, device=x.device)
 
 
-def forward(x, weight, bias, plan):
+def lift_conv_forward(x, weight, bias, plan):
     B, C_in, H, W = x.shape
     C_out, _, kh, kw = weight.shape
     n = plan.order
@@ -240,7 +237,7 @@ def forward(x, weight, bias, plan):
     (itab, iwt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "fwd")
     (sh, sw), (dh, dw) = plan.stride, plan.dilation
     pt, _, pl, _ = plan.padding
-    kernel, meta = C.launcher(_lift_fwd_kernel, ("M", "K", "C_out", "IN_MAP", "W_MAP", "WEIGHTED"))
+    kernel, meta = C.launcher(_lift_conv_forward_kernel, ("M", "K", "C_out", "IN_MAP", "W_MAP", "WEIGHTED"))
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
     kernel[grid](x, weight, bias if bias is not None else weight, y, itab, iwt, ktab, kwt,
                  C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
@@ -251,7 +248,7 @@ def forward(x, weight, bias, plan):
     return y
 
 
-def backward(grad_out, x, weight, plan, needs):
+def lift_conv_backward(grad_out, x, weight, plan, output_mask):
     B, C_in, H, W = x.shape
     C_out, _, kh, kw = weight.shape
     n = plan.order
@@ -262,23 +259,23 @@ def backward(grad_out, x, weight, plan, needs):
     prec = C.dot_precision(x.dtype)
     weighted = not plan.group.exact
     gx = gw = None
-    if needs[0]:
+    if output_mask[0]:
         gx = _alloc_like_input(x, x.shape)
         M, K = B * H * W, kh * kw * C_out
         (ttab, twt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_x")
-        kernel, meta = C.launcher(_lift_bwd_x_kernel, ("M", "K", "C_in", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_lift_conv_backward_input_kernel, ("M", "K", "C_in", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
         grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]),)
         kernel[grid](grad_out, weight, gx, ttab, twt, ktab, kwt,
                      C_in, H, W, C_out, Ho, Wo, kw, kh * kw, n,
                      *grad_out.stride(), *gx.stride(), sh, sw, pt, pl, dh, dw, M, K,
                      IN_MAP=in_map, TT=ttab.shape[-1] if in_map else 1, W_MAP=w_map,
                      TK=ktab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-    if needs[1] and C_out == 0:
+    if output_mask[1] and C_out == 0:
         gw = torch.zeros_like(weight)
-    elif needs[1]:
+    elif output_mask[1]:
         M, N = B * Ho * Wo, kh * kw * C_in
         (itab, iwt), (ttab, twt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_w")
-        kernel, meta = C.launcher(_lift_bwd_w_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_lift_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
         tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
         splits = C.split_k(tiles, M, x.device)
         chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
@@ -293,14 +290,3 @@ def backward(grad_out, x, weight, plan, needs):
                      TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
         gw = part[0] if splits == 1 else part.sum(0).to(weight.dtype)   # one launch unless split
     return gx, gw, None
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this module sets the package attribute of the same name, shadowing the backend
-    entry point of that name; calling the module runs the forward, so either object works."""
-
-    def __call__(self, *args, **kwargs):
-        return forward(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -13,8 +13,8 @@ view frame:      out[:, g] = conv2d(act(x, g⁻¹), weight)
 """
 import torch
 
-from .._layout import flatten_stack, unflatten_stack
-from ..reference.common import conv2d, conv2d_backward
+from ..._layout import flatten_stack, unflatten_stack
+from .._conv2d import conv2d, conv2d_backward
 
 
 def rotated_filter_bank(weight, group):
@@ -49,7 +49,7 @@ def act_slots(stack, group, elements):
     return group.act_each(stack.transpose(0, 1), elements).transpose(0, 1)
 
 
-def lift_conv(x, weight, bias, plan):
+def lift_conv_forward(x, weight, bias, plan):
     group = plan.group
     n = group.order
     B, C_in, H, W = x.shape
@@ -64,10 +64,10 @@ def lift_conv(x, weight, bias, plan):
     return y.reshape(B, n, *y.shape[1:])
 
 
-def lift_conv_backward(grad_out, x, weight, plan, needs):
+def lift_conv_backward(grad_out, x, weight, plan, output_mask):
     """Gradients of x and weight: one ``convolution_backward`` on the rebuilt conv operands (the
     convolution is not recomputed); the cheap gathers are differentiated by torch.func.vjp."""
-    need_x, need_w = bool(needs[0]), bool(needs[1])
+    need_x, need_w = bool(output_mask[0]), bool(output_mask[1])
     group = plan.group
     n = group.order
     B, C_in, H, W = x.shape

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, load
-from ._backend import group_conv, group_conv_backward, lift_conv, lift_conv_backward
+from ._compiled import (compiled_ops, group_conv_backward, group_conv_forward, lift_conv_backward, lift_conv_forward,
+                        load, preferred, supports_device)
 
 NAME = "cpu"
+INDEX_BITS = 64   # csrc/cpu: every offset, count and loop index is int64_t
 DTYPES = (torch.float32, torch.float64)
 
-__all__ = ["NAME", "availability", "supports", "preferred", "isa", "lift_conv", "group_conv",
-           "lift_conv_backward", "group_conv_backward"]
+__all__ = ["NAME", "INDEX_BITS", "availability", "supports", "preferred", "isa", "lift_conv_forward",
+           "group_conv_forward", "lift_conv_backward", "group_conv_backward"]
 
 
 def isa() -> str:
     """The instruction set of the CPU kernels' GEMM on this machine: "avx512", "avx2" or "baseline"
     (picked at first use; the environment variable EQUIFAST_CPU_ISA=avx2|baseline caps it)."""
-    return _backend.compiled_ops().cpu_isa()
+    return compiled_ops().cpu_isa()
 
 
 def availability(device):
@@ -34,17 +35,4 @@ def availability(device):
 
 
 def supports(plan, x, weight):
-    return _backend.supports_common(plan, x, weight, "cpu", DTYPES)
-
-
-# Measured side by side (bench/results/cpu-2026-11-23-1thread, one thread, AVX-512, forward+backward): on
-# lifting layers with C_in <= 4 this backend is 1.8-4.3x faster than the naive loop and 1.7-4.4x faster than
-# "torch" (paper-MNIST, CIFAR C4/D4, the k7 stem); on layers with many input channels (deep lift 64->64,
-# group_conv 4x32->32) oneDNN wins (the cpu kernel runs at 0.6-0.8x of it), so auto leaves those on "torch".
-MAX_PREFERRED_LIFT_CIN = 4
-
-
-def preferred(plan, x, weight):
-    if x.dim() == 4:  # lift_conv: memory-bound with few input channels
-        return weight.shape[1] <= MAX_PREFERRED_LIFT_CIN
-    return False
+    return supports_device(plan, x, "cpu", DTYPES)
