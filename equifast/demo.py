@@ -10,7 +10,7 @@ Plain functions, in the style of torchvision's reference training scripts:
 * ``load_data(args, group)``: the training split and the rotated test set;
 * ``train_one_epoch(model, optimizer, batches, device, ...)`` and ``fit(model, x, y, ...)``;
 * ``predict(model, x, device)`` and ``evaluate(model, plain, test, split, group, num_classes, device)``;
-* ``time_backends(...)``: seconds per training epoch for every backend (picks the training backend);
+* ``time_backends(...)``: seconds per training epoch for every backend (reported; training uses --backend);
 * ``main(args)``: the whole experiment; ``add_arguments(parser)`` and ``run(args)`` for the CLI.
 
 Progress: tqdm bars when stdout is a terminal, one line per epoch otherwise (``equifast._progress``).
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digits only: upsample the 8x8 digits to this size (multiple of 8; default 8: "
                              "no upsampling)")
     parser.add_argument("--backend", default="auto",
-                        help="backend for training (default auto: the fastest available)")
+                        help="backend for training (default auto: equifast's per-layer choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default 15 for digits, 2 for mnist)")
@@ -345,15 +345,12 @@ def main(args) -> int:
           f"rotated by random multiples of 90 deg; {H}x{H}")
     print(f"  backends available: {', '.join(backends_here)}; training with backend={args.backend!r}")
 
-    # speed per backend (picks the training backend)
+    # speed per backend (reported only: training uses --backend, so a run's results do not depend on
+    # which backend happened to time fastest)
     # the paper trains on upright images: group element 0, target index = class (slot 0 of the 40 scores)
     targets = encode_labels(split.y_train, torch.zeros_like(split.y_train), K)
     timing = time_backends(args, split.x_train, targets, device, G, backends_here)
-    timed = {b: t for b, t in timing.items() if t is not None and b != "reference"}
     train_backend = args.backend
-    if args.backend == "auto" and timed:
-        train_backend = min(timed, key=timed.get)
-        print(f"  fastest measured backend: {train_backend} (used for training)")
 
     train = dict(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device,
                  no_progress=quiet)
