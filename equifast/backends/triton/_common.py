@@ -151,9 +151,74 @@ def split_k(tiles: int, reduction: int, device) -> int:
     return int(max(1, min(want, reduction // 2048, 256)))
 
 
+def split_reduction(rows: int, cols: int, reduction: int, device):
+    """(splits, chunk) for a weight-gradient kernel with a rows x cols output reducing over
+    ``reduction`` pixels: ``chunk`` pixels per split, a multiple of every BLOCK_K."""
+    splits = split_k(triton.cdiv(rows, 64) * triton.cdiv(cols, 64), reduction, device)
+    chunk = triton.cdiv(triton.cdiv(reduction, splits), 128) * 128
+    return triton.cdiv(reduction, chunk), chunk
+
+
+def split_partials(splits: int, shape, dtype, device) -> torch.Tensor:
+    """Output of a weight-gradient kernel: the gradient itself (``dtype``) when unsplit, else
+    float32 partials [splits, *shape]; ``sum_partials`` turns it into the gradient."""
+    return torch.empty((splits, *shape), device=device, dtype=torch.float32 if splits > 1 else dtype)
+
+
+def sum_partials(part: torch.Tensor, dtype) -> torch.Tensor:
+    """The gradient from ``split_partials``' buffer (one launch unless split: then one small sum)."""
+    return part[0] if part.shape[0] == 1 else part.sum(0).to(dtype)
+
+
 # ---------------------------------------------------------------------------
-# Device side: tile gathers
+# Device side: tile prologue, transposed-conv index block, tile gathers
 # ---------------------------------------------------------------------------
+@triton.jit
+def tile_2d(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program ``pid``'s tile of an M x N output (tiles ordered row-major): row indices, column
+    indices and their in-bounds masks."""
+    num_n = tl.cdiv(N, BLOCK_N)
+    rm = (pid // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rm, rn, rm < M, rn < N
+
+
+@triton.jit
+def pixel_bij(r, H, W):
+    """Flat pixel indices ``r`` over a B x H x W grid -> (b, i, j)."""
+    HW = H * W
+    return r // HW, (r % HW) // W, r % W
+
+
+@triton.jit
+def transposed_tap(vi, vj, tap, KW, dh, dw, sh, sw, Ho, Wo):
+    """Gather form of a transposed convolution: for padded input rows/columns (vi, vj) [M] and
+    kernel taps ``tap`` [K], the output pixel (ii, jj) [M, K] each tap reads and whether it exists
+    (vi - a·dh divisible by sh, inside [0, Ho) x [0, Wo); a = tap // KW, c = tap % KW)."""
+    inum = vi[:, None] - ((tap // KW) * dh)[None, :]
+    jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
+    inum_c = tl.maximum(inum, 0)
+    jnum_c = tl.maximum(jnum, 0)
+    ii = inum_c // sh
+    jj = jnum_c // sw
+    ok = (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c) & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo)
+    return ii, jj, ok
+
+
+@triton.jit
+def adjoint_tap(ttab, twt, g, tapp, t, KK, ok, MAP: tl.constexpr, TT: tl.constexpr):
+    """Tap t of the adjoint kernel table of element row ``g`` at taps ``tapp`` [N]: (source tap,
+    weight); without MAP the identity (tap = tapp, weight 1)."""
+    if MAP:
+        row = (g * KK + tapp) * TT + t
+        tap = tl.load(ttab + row, mask=ok, other=0)
+        cw = tl.load(twt + row, mask=ok, other=0.0)
+    else:
+        tap = tapp
+        cw = tl.zeros(tapp.shape, dtype=tl.float32) + 1.0
+    return tap, cw
+
+
 @triton.jit
 def gather_pixels(row_ptr, cofs, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
                   MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):

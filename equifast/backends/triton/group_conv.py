@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import _common as C
-from ._common import gather_taps
+from ._common import adjoint_tap, gather_taps, pixel_bij, tile_2d, transposed_tap
 
 
 @triton.jit
@@ -39,19 +39,9 @@ def _group_conv_forward_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab
                       HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
-    pid = tl.program_id(0)
     g = tl.program_id(1)
-    num_n = tl.cdiv(C_out, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < C_out
-    HoWo = Ho * Wo
-    bb = rm // HoWo
-    ii = (rm % HoWo) // Wo
-    jj = rm % Wo
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_out, BLOCK_M, BLOCK_N)
+    bb, ii, jj = pixel_bij(rm, Ho, Wo)
     s_row = (s_ptr + bb.to(tl.int64) * ssb)[:, None]
     i0 = ii * sh - pt
     j0 = jj * sw - pl
@@ -88,20 +78,9 @@ def _group_conv_backward_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
                         sh, sw, pt, pl, dh, dw, M, K,
                         W_MAP: tl.constexpr, TK: tl.constexpr, WEIGHTED: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
     hp = tl.program_id(1)                                # input slot h'
-    num_n = tl.cdiv(C_in, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < C_in
-    HW = H * W
-    bb = rm // HW
-    pix = rm % HW
-    vr = pix // W
-    vc = pix % W
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_in, BLOCK_M, BLOCK_N)
+    bb, vr, vc = pixel_bij(rm, H, W)
     vi = vr + pt
     vj = vc + pl
     dy_row = (dy_ptr + bb.to(tl.int64) * sdb)[:, None]
@@ -115,14 +94,8 @@ def _group_conv_backward_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
         tap = (rk % KC) // C_out
         co = rk % C_out
         w_slot = tl.load(bx_slot + hp * n + g, mask=k_ok, other=0)
-        inum = vi[:, None] - ((tap // KW) * dh)[None, :]
-        jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
-        inum_c = tl.maximum(inum, 0)
-        jnum_c = tl.maximum(jnum, 0)
-        ii = inum_c // sh
-        jj = jnum_c // sw
-        ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
-              & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
+        ii, jj, t_ok = transposed_tap(vi, vj, tap, KW, dh, dw, sh, sw, Ho, Wo)
+        ok = m_ok[:, None] & k_ok[None, :] & t_ok
         a = tl.load(dy_row + ((g * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw), mask=ok, other=0.0)
         w_ok = k_ok[:, None] & n_ok[None, :]
         tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
@@ -142,41 +115,25 @@ def _group_conv_backward_weight_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt
                         sh, sw, pt, pl, dh, dw, M, N, CHUNK,
                         W_MAP: tl.constexpr, TT: tl.constexpr, WEIGHTED: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)      # C_out
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (k, tap', ci)
-    m_ok = rm < C_out
-    n_ok = rn < N
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), C_out, N, BLOCK_M, BLOCK_N)   # C_out x (k, tap', ci)
     KC = KK * C_in
     kslot = rn // KC
     tapp = (rn % KC) // C_in
     ci = rn % C_in
-    HoWo = Ho * Wo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
         src_slot = tl.load(bw_slot + g * n + kslot, mask=n_ok, other=0)
         cofs = (src_slot * ssg + ci * ssc)[None, :]
         for t in range(0, TT):
-            if W_MAP:
-                row = (g * KK + tapp) * TT + t
-                tap = tl.load(ttab + row, mask=n_ok, other=0)
-                cw = tl.load(twt + row, mask=n_ok, other=0.0)
-            else:
-                tap = tapp
-                cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
+            tap, cw = adjoint_tap(ttab, twt, g, tapp, t, KK, n_ok, W_MAP, TT)
             da = (tap // KW) * dh - pt
             dc = (tap % KW) * dw - pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, CHUNK, BLOCK_K):
                 rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < M
-                bb = rk // HoWo
-                ii = (rk % HoWo) // Wo
-                jj = rk % Wo
+                bb, ii, jj = pixel_bij(rk, Ho, Wo)
                 b64 = bb.to(tl.int64)
                 dy_col = dy_ptr + b64 * sdb + (g * sdg + ii * sdh + jj * sdw)
                 a = tl.load(dy_col[None, :] + (rm * sdc)[:, None], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -272,16 +229,12 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
         M, N = B * Ho * Wo, n * kh * kw * C_in
         (ttab, twt), w_map = _kernel_map(plan, kh, kw, s.device, True)
         kernel, meta = C.launcher(_group_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
-        tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
-        splits = C.split_k(tiles, M, s.device)
-        chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
-        splits = triton.cdiv(M, chunk)
-        part = torch.empty((splits, C_out, n, C_in, kh, kw), device=s.device,
-                           dtype=torch.float32 if splits > 1 else weight.dtype)
+        splits, chunk = C.split_reduction(C_out, N, M, s.device)
+        part = C.split_partials(splits, weight.shape, weight.dtype, s.device)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
         kernel[grid](grad_out, s, part, slots["bw"], ttab, twt,
                      n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
                      *grad_out.stride(), *s.stride(), sh, sw, pt, pl, dh, dw, M, N, chunk,
                      W_MAP=w_map, TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-        gw = part[0] if splits == 1 else part.sum(0).to(weight.dtype)   # one launch unless split
+        gw = C.sum_partials(part, weight.dtype)
     return gs, gw, None

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from . import _common as C
-from ._common import gather_pixels, gather_taps
+from ._common import adjoint_tap, gather_pixels, gather_taps, pixel_bij, tile_2d, transposed_tap
 
 
 @triton.jit
@@ -41,19 +41,9 @@ def _lift_conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kw
                      WEIGHTED: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
-    pid = tl.program_id(0)
     g = tl.program_id(1)
-    num_n = tl.cdiv(C_out, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < C_out
-    HoWo = Ho * Wo
-    bb = rm // HoWo
-    ii = (rm % HoWo) // Wo
-    jj = rm % Wo
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_out, BLOCK_M, BLOCK_N)
+    bb, ii, jj = pixel_bij(rm, Ho, Wo)
     x_row = (x_ptr + bb.to(tl.int64) * sxb)[:, None]
     i0 = ii * sh - pt
     j0 = jj * sw - pl
@@ -87,44 +77,30 @@ def _lift_conv_backward_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt
                        IN_MAP: tl.constexpr, TT: tl.constexpr, W_MAP: tl.constexpr, TK: tl.constexpr,
                        WEIGHTED: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(C_in, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < C_in
-    HW = H * W
-    bb = rm // HW
-    pix = rm % HW
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_in, BLOCK_M, BLOCK_N)
+    bb, pr, pc = pixel_bij(rm, H, W)
     dy_row = (dy_ptr + bb.to(tl.int64) * sdb)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
         for t in range(0, TT):
             if IN_MAP:
-                row = (g * HW + pix) * TT + t
+                row = (g * H * W + pr * W + pc) * TT + t
                 vp = tl.load(ttab + row, mask=m_ok, other=0)
                 rw = tl.load(twt + row, mask=m_ok, other=0.0)
+                vi = vp // W + pt
+                vj = vp % W + pl
             else:
-                vp = pix
                 rw = tl.zeros((BLOCK_M,), dtype=tl.float32) + 1.0
-            vi = vp // W + pt
-            vj = vp % W + pl
+                vi = pr + pt
+                vj = pc + pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 rk = k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < K
                 tap = rk // C_out
                 co = rk % C_out
-                inum = vi[:, None] - ((tap // KW) * dh)[None, :]
-                jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
-                inum_c = tl.maximum(inum, 0)
-                jnum_c = tl.maximum(jnum, 0)
-                ii = inum_c // sh
-                jj = jnum_c // sw
-                ok = (m_ok[:, None] & k_ok[None, :] & (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c)
-                      & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo))
+                ii, jj, t_ok = transposed_tap(vi, vj, tap, KW, dh, dw, sh, sw, Ho, Wo)
+                ok = m_ok[:, None] & k_ok[None, :] & t_ok
                 a = tl.load(dy_row + ((g * sdg + co * sdc)[None, :] + ii * sdh + jj * sdw), mask=ok, other=0.0)
                 w_ok = k_ok[:, None] & n_ok[None, :]
                 tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
@@ -135,7 +111,7 @@ def _lift_conv_backward_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt
                 acc += part * rw[:, None]
             else:
                 acc += part
-    gx_row = gx_ptr + bb.to(tl.int64) * sgb + ((pix // W) * sgh + (pix % W) * sgw)
+    gx_row = gx_ptr + bb.to(tl.int64) * sgb + (pr * sgh + pc * sgw)
     tl.store(gx_row[:, None] + (rn * sgc)[None, :], acc.to(gx_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -148,37 +124,21 @@ def _lift_conv_backward_weight_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, tw
                        IN_MAP: tl.constexpr, TI: tl.constexpr, W_MAP: tl.constexpr, TT: tl.constexpr,
                        WEIGHTED: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)      # C_out
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # (tap', ci)
-    m_ok = rm < C_out
-    n_ok = rn < N
+    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), C_out, N, BLOCK_M, BLOCK_N)   # C_out x (tap', ci)
     tapp = rn // C_in
     ci = rn % C_in
-    HoWo = Ho * Wo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n):
         for t in range(0, TT):
-            if W_MAP:
-                row = (g * KK + tapp) * TT + t
-                tap = tl.load(ttab + row, mask=n_ok, other=0)
-                cw = tl.load(twt + row, mask=n_ok, other=0.0)
-            else:
-                tap = tapp
-                cw = tl.zeros((BLOCK_N,), dtype=tl.float32) + 1.0
+            tap, cw = adjoint_tap(ttab, twt, g, tapp, t, KK, n_ok, W_MAP, TT)
             da = (tap // KW) * dh - pt
             dc = (tap % KW) * dw - pl
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, CHUNK, BLOCK_K):
                 rk = split * CHUNK + k0 + tl.arange(0, BLOCK_K)
                 k_ok = rk < M
-                bb = rk // HoWo
-                ii = (rk % HoWo) // Wo
-                jj = rk % Wo
+                bb, ii, jj = pixel_bij(rk, Ho, Wo)
                 b64 = bb.to(tl.int64)
                 dy_col = dy_ptr + b64 * sdb + (g * sdg + ii * sdh + jj * sdw)
                 a = tl.load(dy_col[None, :] + (rm * sdc)[:, None], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -276,17 +236,13 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
         M, N = B * Ho * Wo, kh * kw * C_in
         (itab, iwt), (ttab, twt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_w")
         kernel, meta = C.launcher(_lift_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
-        tiles = triton.cdiv(C_out, 64) * triton.cdiv(N, 64)
-        splits = C.split_k(tiles, M, x.device)
-        chunk = triton.cdiv(triton.cdiv(M, splits), 128) * 128   # a multiple of every BLOCK_K
-        splits = triton.cdiv(M, chunk)
-        part = torch.empty((splits, C_out, C_in, kh, kw), device=x.device,
-                           dtype=torch.float32 if splits > 1 else weight.dtype)
+        splits, chunk = C.split_reduction(C_out, N, M, x.device)
+        part = C.split_partials(splits, weight.shape, weight.dtype, x.device)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
         kernel[grid](grad_out, x, part, itab, iwt, ttab, twt,
                      C_in, H, W, C_out, Ho, Wo, kw, kh * kw, n,
                      *grad_out.stride(), *x.stride(), sh, sw, pt, pl, dh, dw, M, N, chunk,
                      IN_MAP=in_map, TI=itab.shape[-1] if in_map else 1, W_MAP=w_map,
                      TT=ttab.shape[-1] if w_map else 1, WEIGHTED=weighted, PREC=prec, **meta)
-        gw = part[0] if splits == 1 else part.sum(0).to(weight.dtype)   # one launch unless split
+        gw = C.sum_partials(part, weight.dtype)
     return gx, gw, None
