@@ -49,7 +49,7 @@ class Figure3Net(nn.Module):
         self.group = _groups.get(group)
         self.num_classes = num_classes
         w = width
-        kw = dict(group=self.group, backend=backend)
+        kw = dict(group=self.group, backend=backend, frame="view")   # view frame whatever default_frame says
         norm = (lambda c: GroupBatchNorm2d(c, self.group)) if batch_norm else (lambda c: nn.Identity())
         self.conv1 = LiftConv2d(in_channels, w, 3, padding=1, bias=not batch_norm, **kw)
         self.bn1 = norm(w)

@@ -10,11 +10,15 @@ Stacks are [B, n, C, H, W] (group axis second, n = |G|).
 * ``Equivarify(F, G)`` x -> [F(g⁻¹x) for g in G] on dim 1 (the paper's lemma; any module F)
 * ``OrientationHead`` the paper's |G| x classes scores; ``encode_labels`` / ``decode_scores``
 * ``equivariance_error``, ``exactness_comparison`` measure equivariance
+* ``export(model)``    the whole network as plain PyTorch (every layer also has ``.export()``)
+* ``default_frame("canonical")`` the frame new conv layers take (a setting, or a ``with`` block)
 
 ``EquivariantLinear`` and ``DeepSets`` are re-exported lazily from ``equifast.parameter_sharing``.
 """
+from ._frame import default_frame, get_default_frame
 from .conv import GroupConv2d, LiftConv2d
 from .equivarify import Equivarify, equivarify_views
+from .export import check_stack_flow, export
 from .head import OrientationHead, decode_scores, element_angle, encode_labels, invariant_scores
 from .metrics import StridedProbeNet, equivariance_error, exactness_comparison, format_exactness_table
 from .norm import GroupBatchNorm2d
@@ -24,6 +28,7 @@ __all__ = [
     "LiftConv2d", "GroupConv2d", "GroupBatchNorm2d", "GroupPool", "PerCopy", "group_pool",
     "Equivarify", "equivarify_views", "OrientationHead", "encode_labels", "decode_scores", "element_angle",
     "invariant_scores", "equivariance_error", "exactness_comparison", "format_exactness_table", "StridedProbeNet",
+    "export", "check_stack_flow", "default_frame", "get_default_frame",
 ]
 
 _LAZY = {"EquivariantLinear": "equifast.parameter_sharing", "DeepSets": "equifast.parameter_sharing"}

@@ -3,7 +3,7 @@
 Both are thin ``nn.Module`` wrappers around ``equifast.lift_conv`` / ``equifast.group_conv`` with
 ``nn.Conv2d``-style arguments. A *stack* is a tensor [B, n, C, H, W] holding |G| = n copies.
 
-Frames (see docs/DESIGN):
+Frames (see docs/nn.md):
 
 * ``frame="view"`` (default, the paper's equivarification): copy g is the layer evaluated on
   the view g⁻¹·x. The output transforms by the *regular* action (a permutation of the copies),
@@ -12,18 +12,34 @@ Frames (see docs/DESIGN):
   rotated by g. The output transforms by the *canonical* action (permute copies and rotate each);
   exact only when the strided sampling grid is centred (odd kernel, "same" padding, stride 1, or
   odd input sizes with stride 2).
+
+``frame=None`` (the default argument) takes ``equifast.nn.get_default_frame()`` ("view" unless
+changed with ``equifast.nn.default_frame``).
+
+Eval fast path: in eval mode, when no gradient of the weight is needed (``torch.no_grad()``,
+``torch.inference_mode()`` or a frozen weight) and ``backend`` is "auto" or "torch", a layer calls
+``torch.nn.functional.conv2d`` directly with its expanded filter bank, cached. The cache is rebuilt
+when the weight or bias changes in place (an optimizer step, ``load_state_dict``: the tensors'
+version counters), moves (``.to()``), or the layer is put in training mode. Writes through
+``.data`` bypass the version counter: call ``clear_cache()`` after them. ``EQUIFAST_BACKEND`` set
+in the environment, an explicit other backend, torch.compile / torch.export tracing and
+interpolated view-frame lifts always take the op.
 """
 from __future__ import annotations
 
 import math
-from typing import Union
+import os
+from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import groups as _groups
 from .._args import make_plan
 from ..ops import group_conv, lift_conv
+from . import _plain
+from ._frame import get_default_frame
 
 __all__ = ["LiftConv2d", "GroupConv2d"]
 
@@ -48,11 +64,15 @@ def _padding_arg(padding):
 
 class _GroupConvBase(nn.Module):
     _op = None
+    _in_dim = 4
+    _input_text = ""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, group: Union[str, _groups.Group] = "C4", frame: str = "view",
+                 bias: bool = True, group: Union[str, _groups.Group] = "C4", frame: Optional[str] = None,
                  backend: str = "auto", device=None, dtype=None):
         super().__init__()
+        if frame is None:
+            frame = get_default_frame()
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"{type(self).__name__}: in_channels and out_channels must be positive, "
                              f"got {in_channels} and {out_channels}")
@@ -68,10 +88,12 @@ class _GroupConvBase(nn.Module):
         self.frame = frame
         self.backend = backend
         # validate the arguments once, with the op's own messages
-        make_plan(self.group, self.stride, self.padding, self.dilation, frame, *self.kernel_size, type(self).__name__)
+        self._plan = make_plan(self.group, self.stride, self.padding, self.dilation, frame, *self.kernel_size,
+                               type(self).__name__)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self._cache = None
         self.reset_parameters()
 
     @property
@@ -88,6 +110,7 @@ class _GroupConvBase(nn.Module):
             fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight)
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
+        self._cache = None
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -101,22 +124,89 @@ class _GroupConvBase(nn.Module):
             s += f", backend={self.backend!r}"
         return s
 
+    # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training and self._fast_path_applies(x):
+            return self._fast_forward(x)
+        if isinstance(x, Tensor) and x.dim() != self._in_dim:
+            self._wrong_rank(x)
         return type(self)._op(x, self.weight, self.bias, group=self.group, stride=self.stride, padding=self.padding,
                               dilation=self.dilation, frame=self.frame, backend=self.backend)
 
+    def _fast_path_applies(self, x) -> bool:
+        w, b = self.weight, self.bias
+        return (self.backend in ("auto", "torch") and type(x) is Tensor and x.dim() == self._in_dim
+                and x.dtype == w.dtype and x.device == w.device
+                and not (torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)))
+                and not torch.compiler.is_compiling() and "EQUIFAST_BACKEND" not in os.environ
+                and self._fast_operands() is not None)
+
+    def _fast_operands(self):
+        """The cached (filter bank, bias) of the eval fast path, rebuilt when stale (None: no fast path)."""
+        w, b = self.weight, self.bias
+        key = (w._version, w.data_ptr(), w.dtype, w.device,
+               None if b is None else (b._version, b.data_ptr()))
+        cache = self._cache
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        with torch.inference_mode(False), torch.no_grad():
+            operands = self._build_fast_operands()
+        self._cache = (key, operands)
+        return operands
+
+    def _build_fast_operands(self):
+        raise NotImplementedError
+
+    def _fast_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def clear_cache(self) -> None:
+        """Drop the cached filter bank of the eval fast path (rebuilt on the next eval call)."""
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _wrong_rank(self, x: Tensor) -> None:
+        raise NotImplementedError
+
     def output_size(self, H: int, W: int):
         """Spatial output size (H', W') for an H x W input."""
-        plan = make_plan(self.group, self.stride, self.padding, self.dilation, self.frame, *self.kernel_size,
-                         type(self).__name__)
-        return plan.out_size(H, W, *self.kernel_size)
+        return self._plan.out_size(H, W, *self.kernel_size)
+
+    # ------------------------------------------------------------ deployment
+    def _conv_padding(self):
+        return _plain.conv_padding(self._plan.padding)
+
+    def _symmetric_padding(self, what: str):
+        pad2, extra = self._conv_padding()
+        if extra is not None:
+            raise ValueError(f"{what}: asymmetric explicit padding {self.padding} has no nn.Conv2d equivalent; "
+                             f"export() handles it (nn.functional.pad before the conv)")
+        return pad2
+
+    def export(self) -> nn.Module:
+        """A plain-PyTorch module (a ``torch.fx.GraphModule`` of torch ops and ``nn.Conv2d``) computing
+        this layer's output; scriptable, ``torch.export``-able, and runnable without equifast
+        (see ``equifast.nn.export``)."""
+        from .export import export
+        return export(self)
 
 
 class LiftConv2d(_GroupConvBase):
     """Lifting convolution: an image to a stack of |G| copies.
 
     ``LiftConv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-    group="C4", frame="view", backend="auto")``
+    group="C4", frame=None, backend="auto")``  (``frame=None``: ``equifast.nn.get_default_frame()``)
 
     Shapes:
         input  x: [B, C_in, H, W]
@@ -137,35 +227,60 @@ class LiftConv2d(_GroupConvBase):
     """
 
     _op = staticmethod(lift_conv)
+    _in_dim = 4
 
     def _weight_shape(self):
         return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _wrong_rank(self, x: Tensor) -> None:
+        if x.dim() == 5:
+            raise ValueError(f"LiftConv2d: got a 5-D stack {list(x.shape)}; a lifting layer takes images "
+                             f"[B, C_in={self.in_channels}, H, W]. Use GroupConv2d on stacks (or "
+                             f"equifast.nn.PerCopy(nn.Conv2d(...)) to convolve every copy alike)")
+        raise ValueError(f"LiftConv2d: expected an image [B, C_in={self.in_channels}, H, W] (4-D), "
+                         f"got {x.dim()}-D shape {list(x.shape)}")
+
+    # ------------------------------------------------------------ eval fast path
+    def _build_fast_operands(self):
+        n = self.order
+        bias = None if self.bias is None else self.bias.detach()
+        if self.frame == "canonical":
+            return self.filter_bank(), (None if bias is None else bias.repeat(n)), None
+        ops = _plain.image_ops(self.group)
+        if ops is None:
+            return None                               # interpolated views: the op
+        return self.weight.detach(), bias, tuple(ops[i] for i in self.group.inverse)
+
+    def _fast_forward(self, x: Tensor) -> Tensor:
+        weight, bias, views = self._fast_operands()
+        pad2, extra = self._conv_padding()
+        n = self.order
+        if views is not None:
+            x = torch.stack([_plain.act_plain(x, k, f) for k, f in views], 1).flatten(0, 1)
+        if extra is not None:
+            x = F.pad(x, extra)
+        y = F.conv2d(x, weight, bias, self.stride, pad2, self.dilation)
+        if views is not None:
+            return y.unflatten(0, (-1, n))
+        return y.unflatten(1, (n, self.out_channels))
 
     # ------------------------------------------------------------ deployment
     def filter_bank(self) -> Tensor:
         """The expanded filter bank [n*C_out, C_in, kh, kw]: block g is ``group.act(weight, g)``."""
         n = self.order
         w = self.weight.detach()
-        bank = torch.stack([self.group.act(w, g) for g in range(n)], 0)
+        bank = self.group.act_all(w)                                   # [n, C_out, C_in, kh, kw]
         return bank.reshape(n * self.out_channels, self.in_channels, *self.kernel_size)
 
     def view_identity_holds(self) -> bool:
         """Whether the view-frame output equals the canonical one rotated back copy by copy
-        (DESIGN §2: exact group, odd square kernel, stride 1, padding = dilation·(k-1)/2)."""
+        (exact group, odd square kernel, stride 1, padding = dilation·(k-1)/2)."""
         kh, kw = self.kernel_size
         dh, dw = self.dilation
-        pad = self.padding
-        if pad == "same":
-            pad = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
-        elif pad == "valid":
-            pad = (0, 0)
-        if len(pad) == 4:
-            if pad[0] != pad[1] or pad[2] != pad[3]:
-                return False
-            pad = (pad[0], pad[2])
+        pt, pb, pl, pr = self._plan.padding
         return (self.group.exact and kh == kw and kh % 2 == 1 and self.stride == (1, 1)
                 and (not self.group.quarter_turns or dh == dw)
-                and pad == (dh * (kh - 1) // 2, dw * (kw - 1) // 2))
+                and (pt, pb, pl, pr) == (dh * (kh - 1) // 2,) * 2 + (dw * (kw - 1) // 2,) * 2)
 
     def to_conv2d(self, layout: str = "group_major") -> nn.Conv2d:
         """Export a plain ``nn.Conv2d`` [C_in -> n*C_out] with the expanded filter bank, for deployment.
@@ -176,79 +291,47 @@ class LiftConv2d(_GroupConvBase):
         ``equifast.interop.from_field_major``).
 
         * ``frame="canonical"``: y is exactly this layer's output.
-        * ``frame="view"``: allowed where the DESIGN identity holds (``view_identity_holds()``); then
-          y[:, g] = g·(layer output)[:, g]. ``export()`` appends the fixed re-indexing that undoes the
-          rotation, giving exactly the layer's output.
+        * ``frame="view"``: allowed where the identity holds (``view_identity_holds()``); then
+          y[:, g] = g·(layer output)[:, g]. ``export()`` reproduces a view-frame layer at any stride
+          (the views by rot90 / flip, then one conv).
         """
+        if layout not in ("group_major", "field_major"):
+            raise ValueError(f"to_conv2d: layout must be 'group_major' or 'field_major', got {layout!r}")
         if self.frame == "view" and not self.view_identity_holds():
             raise ValueError("to_conv2d: a view-frame LiftConv2d is a plain convolution with a rotated filter bank "
                              "only for an exact group, an odd square kernel, stride 1 and 'same' padding; "
-                             f"this layer has {self.extra_repr()}")
-        if layout not in ("group_major", "field_major"):
-            raise ValueError(f"to_conv2d: layout must be 'group_major' or 'field_major', got {layout!r}")
+                             f"this layer has {self.extra_repr()}. Use export() for any stride.")
         n, C = self.order, self.out_channels
-        pad = self.padding
-        padding_mode_pad = None
-        if isinstance(pad, tuple) and len(pad) == 4:
-            if pad[0] == pad[1] and pad[2] == pad[3]:
-                pad = (pad[0], pad[2])
-            else:
-                padding_mode_pad = pad
-                pad = 0
-        if padding_mode_pad is not None:
-            raise ValueError("to_conv2d: asymmetric explicit padding has no nn.Conv2d equivalent")
-        conv = nn.Conv2d(self.in_channels, n * C, self.kernel_size, stride=self.stride, padding=pad,
-                         dilation=self.dilation, bias=self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
+        pad2 = self._symmetric_padding("to_conv2d")
         bank = self.filter_bank()
         bias = None if self.bias is None else self.bias.detach().repeat(n)
         if layout == "field_major":
             bank = bank.reshape(n, C, *bank.shape[1:]).transpose(0, 1).reshape(n * C, *bank.shape[1:])
             bias = None if bias is None else bias.reshape(n, C).t().reshape(-1)
-        with torch.no_grad():
-            conv.weight.copy_(bank)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv
+        return _plain.make_conv(bank, bias, self.stride, pad2, self.dilation)
 
-    def export(self) -> nn.Module:
-        """A plain-PyTorch module (no equifast ops) computing exactly this layer's output
-        [B, n, C_out, H', W']: ``to_conv2d()`` followed, in the view frame, by a fixed pixel gather."""
-        return _ExportedLift(self.to_conv2d(), self.group, self.out_channels, self.frame == "view")
-
-
-class _ExportedLift(nn.Module):
-    """nn.Conv2d with the expanded bank, then [B, n*C, H, W] -> [B, n, C, H, W] (view frame: un-rotate copy g by g⁻¹)."""
-
-    def __init__(self, conv: nn.Conv2d, group: _groups.Group, out_channels: int, unrotate: bool):
-        super().__init__()
-        self.conv = conv
-        self.n, self.out_channels = group.order, out_channels
-        self.group = group
-        self.unrotate = unrotate
-        self._perm_cache = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
-        B, _, H, W = y.shape
-        y = y.reshape(B, self.n, self.out_channels, H, W)
-        if not self.unrotate:
-            return y
-        key = (H, W, y.device)
-        perm = self._perm_cache.get(key)
-        if perm is None:
-            perm = self.group.permutations(H, W)[list(self.group.inverse)].to(y.device)   # [n, HW]
-            self._perm_cache[key] = perm
-        flat = y.reshape(B, self.n, self.out_channels, H * W)
-        out = flat.gather(3, perm[None, :, None, :].expand(B, self.n, self.out_channels, H * W))
-        return out.reshape(B, self.n, self.out_channels, H, W)
+    def _export_module(self) -> nn.Module:
+        n, C = self.order, self.out_channels
+        pad2, extra = self._conv_padding()
+        bias = None if self.bias is None else self.bias.detach()
+        if self.frame == "canonical":
+            conv = _plain.make_conv(self.filter_bank(), None if bias is None else bias.repeat(n),
+                                    self.stride, pad2, self.dilation)
+            return _plain.PlainLift(conv, n, C, extra, None)
+        ops = _plain.image_ops(self.group)
+        if ops is None:
+            raise ValueError(f"export: a view-frame LiftConv2d with group {self.group.name} samples its views "
+                             f"by interpolation, which depends on the image size and has no plain-PyTorch form; "
+                             f"exact groups (C1, C2, C4, D1, D2, D4) export, and so does frame='canonical'")
+        conv = _plain.make_conv(self.weight.detach(), bias, self.stride, pad2, self.dilation)
+        return _plain.PlainLift(conv, n, C, extra, [ops[i] for i in self.group.inverse])
 
 
 class GroupConv2d(_GroupConvBase):
     """Group convolution: a stack of |G| copies to a stack.
 
     ``GroupConv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-    group="C4", frame="view", backend="auto")``
+    group="C4", frame=None, backend="auto")``  (``frame=None``: ``equifast.nn.get_default_frame()``)
 
     Shapes:
         input  s: [B, n, C_in, H, W]  (any strides; channels_last stacks stay channels_last)
@@ -271,31 +354,69 @@ class GroupConv2d(_GroupConvBase):
     """
 
     _op = staticmethod(group_conv)
+    _in_dim = 5
 
     def _weight_shape(self):
         return (self.out_channels, self.order, self.in_channels, *self.kernel_size)
 
-    def filter_bank(self) -> Tensor:
-        """The block-permuted filter bank [n*C_out, n*C_in, kh, kw] of the equivalent plain convolution
-        over the flattened stack [B, n*C_in, H, W] (``equifast._layout.flatten_stack``)."""
-        from ..backends.torch.group_conv import permuted_filter_bank
-        return permuted_filter_bank(self.weight.detach(), self.group, self.frame)
-
-    def to_conv2d(self) -> nn.Conv2d:
-        """Export a plain ``nn.Conv2d`` [n*C_in -> n*C_out] on group-major flattened stacks:
-        ``conv(s.reshape(B, n*C_in, H, W)).view(B, n, C_out, H', W')`` equals this layer's output
-        (both frames, any stride; symmetric padding)."""
-        pad = self.padding
-        if isinstance(pad, tuple) and len(pad) == 4:
-            if pad[0] != pad[1] or pad[2] != pad[3]:
-                raise ValueError("to_conv2d: asymmetric explicit padding has no nn.Conv2d equivalent")
-            pad = (pad[0], pad[2])
+    def _wrong_rank(self, x: Tensor) -> None:
         n = self.order
-        conv = nn.Conv2d(n * self.in_channels, n * self.out_channels, self.kernel_size, stride=self.stride,
-                         padding=pad, dilation=self.dilation, bias=self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.filter_bank())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias.detach().repeat(n))
-        return conv
+        if x.dim() == 4:
+            raise ValueError(f"GroupConv2d: got a 4-D tensor {list(x.shape)}; it takes stacks "
+                             f"[B, n={n}, C_in={self.in_channels}, H, W]. Lift images with LiftConv2d first; a "
+                             f"flattened stack [B, n*C, H, W] is x.unflatten(1, ({n}, C)) (group-major) or "
+                             f"equifast.interop.from_field_major(x, {n}) (escnn's field-major channels)")
+        raise ValueError(f"GroupConv2d: expected a stack [B, n={n}, C_in={self.in_channels}, H, W] (5-D), "
+                         f"got {x.dim()}-D shape {list(x.shape)}")
+
+    # ------------------------------------------------------------ eval fast path
+    def _build_fast_operands(self):
+        bias = None if self.bias is None else self.bias.detach().repeat(self.order)
+        return self.filter_bank(), bias
+
+    def _fast_forward(self, s: Tensor) -> Tensor:
+        bank, bias = self._fast_operands()
+        pad2, extra = self._conv_padding()
+        x = s.flatten(1, 2)
+        if extra is not None:
+            x = F.pad(x, extra)
+        return F.conv2d(x, bank, bias, self.stride, pad2, self.dilation).unflatten(1, (self.order, self.out_channels))
+
+    # ------------------------------------------------------------ deployment
+    def filter_bank(self, layout: str = "group_major") -> Tensor:
+        """The block-permuted filter bank [n*C_out, n*C_in, kh, kw] of the equivalent plain convolution
+        over the flattened stack: ``layout="group_major"`` reads [B, n*C_in, H, W] (channel g*C + c,
+        ``s.flatten(1, 2)``) and writes channel g*C_out + c; ``"field_major"`` reads and writes channel
+        c*n + g (escnn / e2cnn)."""
+        from ..backends.torch.group_conv import permuted_filter_bank
+        if layout not in ("group_major", "field_major"):
+            raise ValueError(f"filter_bank: layout must be 'group_major' or 'field_major', got {layout!r}")
+        bank = permuted_filter_bank(self.weight.detach(), self.group, self.frame)
+        if layout == "field_major":
+            n, O, I = self.order, self.out_channels, self.in_channels
+            bank = bank.reshape(n, O, n, I, *self.kernel_size).permute(1, 0, 3, 2, 4, 5) \
+                       .reshape(O * n, I * n, *self.kernel_size)
+        return bank
+
+    def to_conv2d(self, layout: str = "group_major") -> nn.Conv2d:
+        """Export a plain ``nn.Conv2d`` [n*C_in -> n*C_out] equal to this layer on flattened stacks
+        (both frames, any stride; symmetric padding — ``export()`` also handles asymmetric padding).
+
+        * ``layout="group_major"``: ``conv(s.flatten(1, 2)).unflatten(1, (n, C_out))`` is this layer's
+          output (channel g*C + c).
+        * ``layout="field_major"``: input and output channel c*n + g, escnn / e2cnn's layout:
+          ``from_field_major(conv(to_field_major(s)), n)`` is this layer's output.
+        """
+        if layout not in ("group_major", "field_major"):
+            raise ValueError(f"to_conv2d: layout must be 'group_major' or 'field_major', got {layout!r}")
+        pad2 = self._symmetric_padding("to_conv2d")
+        bias = None if self.bias is None else self.bias.detach()
+        if bias is not None:
+            bias = bias.repeat(self.order) if layout == "group_major" else bias.repeat_interleave(self.order)
+        return _plain.make_conv(self.filter_bank(layout), bias, self.stride, pad2, self.dilation)
+
+    def _export_module(self) -> nn.Module:
+        pad2, extra = self._conv_padding()
+        bias = None if self.bias is None else self.bias.detach().repeat(self.order)
+        conv = _plain.make_conv(self.filter_bank(), bias, self.stride, pad2, self.dilation)
+        return _plain.PlainGroupConv(conv, self.order, self.out_channels, extra)

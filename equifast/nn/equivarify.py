@@ -80,5 +80,20 @@ class Equivarify(nn.Module):
         y = self.module(views.reshape(B * n, *views.shape[2:]))
         return y.reshape(B, n, *y.shape[1:])
 
+    def _export_module(self) -> nn.Module:
+        from ._plain import PlainEquivarify, image_ops
+        ops = image_ops(self.group) if self.action != "regular" else [(0, False)] * self.group.order
+        if ops is None:
+            raise ValueError(f"export: Equivarify with group {self.group.name} and action={self.action!r} "
+                             f"rotates by interpolation, which has no plain-PyTorch form; exact groups "
+                             f"(C1, C2, C4, D1, D2, D4) or action='regular' export")
+        return PlainEquivarify(self.module, self.action, [ops[i] for i in self.group.inverse],
+                               [list(row) for row in self.group.cayley])
+
+    def export(self) -> nn.Module:
+        """Plain PyTorch (the views by rot90 / flip / index_select, then F); see ``equifast.nn.export``."""
+        from .export import export
+        return export(self)
+
     def extra_repr(self) -> str:
         return f"group={self.group.name}, action={self.action!r}"

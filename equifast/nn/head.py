@@ -102,6 +102,15 @@ class OrientationHead(nn.Module):
             raise ValueError(f"OrientationHead: expected [B, {self.group.order}, ...] features, got {list(s.shape)}")
         return self.linear(s.flatten(2)).flatten(1)
 
+    def _export_module(self) -> nn.Module:
+        from ._plain import PlainHead
+        return PlainHead(self.linear)
+
+    def export(self) -> nn.Module:
+        """Plain PyTorch (``nn.Linear`` per copy); see ``equifast.nn.export``."""
+        from .export import export
+        return export(self)
+
     def encode(self, labels: Tensor, elements: Tensor) -> Tensor:
         """Target indices [B] for cross-entropy (see ``encode_labels``)."""
         return encode_labels(labels, elements, self.num_classes)

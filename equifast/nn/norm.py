@@ -40,14 +40,30 @@ class GroupBatchNorm2d(nn.modules.batchnorm._BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.group = None if group is None else _groups.get(group)
 
+    def _export_module(self) -> nn.Module:
+        from ._plain import PlainGroupBatchNorm
+        bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats,
+                            device=self.weight.device if self.affine else None,
+                            dtype=self.weight.dtype if self.affine else None)
+        bn.load_state_dict(self.state_dict())
+        bn.train(self.training)
+        return PlainGroupBatchNorm(bn)
+
+    def export(self) -> nn.Module:
+        """Plain PyTorch (``nn.BatchNorm2d(C)`` on the [B*n, C, H, W] view, same statistics); see
+        ``equifast.nn.export``."""
+        from .export import export
+        return export(self)
+
     def _check_input_dim(self, input: Tensor) -> None:  # called by _BatchNorm.forward on the flattened view
         if input.dim() not in (2, 4, 5):
             raise ValueError(f"GroupBatchNorm2d: expected a stack [B, n, C, H, W], got {input.dim()}-D input")
 
     def forward(self, s: Tensor) -> Tensor:
         if s.dim() != 5:
+            hint = (f"; for images [B, C, H, W] use torch.nn.BatchNorm2d({self.num_features})" if s.dim() == 4 else "")
             raise ValueError(f"GroupBatchNorm2d: expected a stack [B, n, C={self.num_features}, H, W] (5-D), "
-                             f"got {s.dim()}-D shape {list(s.shape)}")
+                             f"got {s.dim()}-D shape {list(s.shape)}{hint}")
         B, n, C, H, W = s.shape
         if C != self.num_features:
             raise ValueError(f"GroupBatchNorm2d: expected {self.num_features} channels on dim 2, "

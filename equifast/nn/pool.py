@@ -46,6 +46,15 @@ class GroupPool(nn.Module):
     def forward(self, s: Tensor) -> Tensor:
         return group_pool(s, self.mode)
 
+    def _export_module(self) -> nn.Module:
+        from ._plain import PlainGroupPool
+        return PlainGroupPool(self.mode)
+
+    def export(self) -> nn.Module:
+        """Plain PyTorch (``amax`` / ``mean`` over dim 1); see ``equifast.nn.export``."""
+        from .export import export
+        return export(self)
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
@@ -80,3 +89,12 @@ class PerCopy(nn.Module):
         B, n = s.shape[:2]
         y = self.module(s.reshape(B * n, *s.shape[2:]))
         return y.reshape(B, n, *y.shape[1:])
+
+    def _export_module(self) -> nn.Module:
+        from ._plain import PlainPerCopy
+        return PlainPerCopy(self.module)
+
+    def export(self) -> nn.Module:
+        """Plain PyTorch (the exported module on the [B*n, ...] view); see ``equifast.nn.export``."""
+        from .export import export
+        return export(self)
