@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 DEPS := torch==2.13.0 numpy triton==3.8.0 pytest hypothesis pytest-benchmark scikit-learn matplotlib tqdm ninja
 PYTEST_ARGS ?=
 
-.PHONY: setup build test demo check bench bench-quick cuda-compile-check gpu-test sanitize clean
+STUDY_ARGS ?=
+
+.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-test sanitize clean
 
 $(VENV)/.deps-stamp: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +28,10 @@ test: setup
 
 demo: setup
 	$(PY) -m equifast demo
+
+# The paper's study (equivariance vs augmentation, scarce data, larger groups): STUDY_ARGS=--quick for a 2-minute run.
+study: setup
+	$(PY) -m equifast study $(STUDY_ARGS)
 
 check: setup
 	$(PY) -m equifast check
