@@ -483,3 +483,147 @@ def test_docstring_examples(module):
     import importlib
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted > 0
+
+
+# ---------------------------------------------------------------------------- eval fast path and its cache
+def _op_output(layer, x):
+    """The layer's function through the op on the reference backend (no cache involved)."""
+    op = equifast.lift_conv if isinstance(layer, enn.LiftConv2d) else equifast.group_conv
+    return op(x, layer.weight.detach(), None if layer.bias is None else layer.bias.detach(), group=layer.group,
+              stride=layer.stride, padding=layer.padding, dilation=layer.dilation, frame=layer.frame,
+              backend="reference")
+
+
+def _fast_layers():
+    torch.manual_seed(4)
+    return [(enn.LiftConv2d(2, 3, 3, stride=2, padding=1, group="D4", frame="view"), torch.randn(2, 2, 9, 9)),
+            (enn.LiftConv2d(2, 3, 4, padding=(1, 2, 0, 1), group="C4", frame="canonical"), torch.randn(2, 2, 8, 8)),
+            (enn.GroupConv2d(3, 4, 3, padding=1, group="D4", frame="canonical"), torch.randn(2, 8, 3, 7, 7)),
+            (enn.GroupConv2d(3, 4, 3, stride=2, group="C4", frame="view"), torch.randn(2, 4, 3, 8, 8))]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_eval_cache_matches_op_and_is_reused(index):
+    layer, x = _fast_layers()[index]
+    layer.eval()
+    with torch.no_grad():
+        y = layer(x)
+        cached = layer._cache
+        assert cached is not None and cached[1] is not None
+        torch.testing.assert_close(y, _op_output(layer, x), atol=1e-5, rtol=1e-5)
+        layer(x)
+        assert layer._cache is cached                      # reused, not rebuilt
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), y)
+    # channels_last input: same values, channels_last stack out, as the op
+    x_cl = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else \
+        x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x_cl), y)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_eval_cache_invalidation(index):
+    layer, x = _fast_layers()[index]
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.eval()
+    with torch.no_grad():
+        before = layer(x)
+    # an optimizer step (in-place update, version counter)
+    layer.train()
+    layer(x).square().sum().backward()
+    opt.step()
+    layer.eval()
+    with torch.no_grad():
+        after = layer(x)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, _op_output(layer, x), atol=1e-5, rtol=1e-5)
+    # an optimizer step while in eval mode (no train() call in between)
+    with torch.no_grad():
+        layer(x)
+    layer.zero_grad()
+    with torch.enable_grad():
+        layer(x).sum().backward()                          # eval + grad: the op path, weight grads flow
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _op_output(layer, x), atol=1e-5, rtol=1e-5)
+    # load_state_dict
+    other, _ = _fast_layers()[index]
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _op_output(other, x), atol=1e-5, rtol=1e-5)
+    # in-place edit of the parameter
+    with torch.no_grad():
+        layer.weight.mul_(-2)
+        torch.testing.assert_close(layer(x), _op_output(layer, x), atol=1e-5, rtol=1e-5)
+    # .to(): a float64 bank for float64 inputs
+    layer.double()
+    with torch.no_grad():
+        y64 = layer(x.double())
+    assert y64.dtype == torch.float64
+    torch.testing.assert_close(y64, _op_output(layer, x.double()), atol=1e-10, rtol=1e-10)
+    # train() drops the cache
+    layer.train()
+    assert layer._cache is None
+
+
+def test_eval_cache_built_in_inference_mode_serves_grad_of_input():
+    layer = enn.GroupConv2d(2, 3, 3, padding=1, frame="canonical").eval().requires_grad_(False)
+    s = torch.randn(1, 4, 2, 6, 6)
+    with torch.inference_mode():
+        layer(s)                                          # cache built under inference mode
+    s.requires_grad_(True)
+    layer(s).sum().backward()                             # the cached bank is saved for backward
+    assert s.grad is not None
+
+
+def test_eval_fast_path_respects_explicit_backend_and_env(monkeypatch):
+    layer = enn.GroupConv2d(2, 3, 3, backend="reference").eval()
+    s = torch.randn(1, 4, 2, 6, 6)
+    with torch.no_grad():
+        layer(s)
+    assert layer._cache is None                           # an explicit backend: always the op
+    layer = enn.GroupConv2d(2, 3, 3).eval()
+    monkeypatch.setenv("EQUIFAST_BACKEND", "reference")
+    with torch.no_grad():
+        layer(s)
+    assert layer._cache is None
+
+
+def test_eval_fast_path_interpolated_view_lift_takes_the_op():
+    layer = enn.LiftConv2d(1, 2, 3, padding=1, group="C8").eval()
+    x = torch.randn(1, 1, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _op_output(layer, x), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- default frame
+def test_default_frame_switch():
+    assert enn.get_default_frame() == "view"
+    with enn.default_frame("canonical"):
+        assert enn.LiftConv2d(1, 2, 3).frame == "canonical"
+        assert enn.GroupConv2d(2, 2, 3).frame == "canonical"
+        assert enn.GroupConv2d(2, 2, 3, frame="view").frame == "view"          # explicit wins
+        assert equifast.models.Figure3Net().conv2.frame == "view"              # the paper's network stays view
+        assert equifast.models.ResGCNN().stem.frame == "view"
+    assert enn.get_default_frame() == "view"                                   # restored
+    try:
+        enn.default_frame("canonical")                                         # module-level setting
+        assert enn.LiftConv2d(1, 2, 3).frame == "canonical"
+    finally:
+        enn.default_frame("view")
+    assert enn.LiftConv2d(1, 2, 3).frame == "view"
+    with pytest.raises(ValueError, match="frame must be one of"):
+        enn.default_frame("regular")
+    assert enn.get_default_frame() == "view"
+
+
+def test_interop_is_a_lazy_attribute_of_equifast():
+    import subprocess
+    import sys
+    code = ("import sys, equifast\nassert 'equifast.interop' not in sys.modules\n"
+            "print(equifast.interop.from_field_major.__name__, equifast.interop.from_escnn.__name__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["from_field_major", "from_escnn"]
