@@ -7,6 +7,9 @@ and nvcc is found). Environment switches:
   EQUIFAST_BUILD_CUDA=0|1   force the CUDA kernels off / on (default: on when torch.version.cuda
                             and nvcc (CUDA_HOME) are found); =1 without them is an error
   TORCH_CUDA_ARCH_LIST      GPU architectures (torch's variable), e.g. "9.0"
+  EQUIFAST_SANITIZE=1       build the CPU kernels with AddressSanitizer + UndefinedBehaviorSanitizer
+                            (-fno-wrapv so that signed overflow is caught; -O1 -g); the library then
+                            needs libasan / libubsan preloaded: use tools/sanitize_cpu.sh (make sanitize-cpu)
 
 The CUDA headers that torch's CUDA wheels ship under site-packages/nvidia/cu13/include
 are added to the include path when present, so a plain toolkit plus the torch wheel suffices.
@@ -69,16 +72,22 @@ def extensions():
     # becoming one FMA.
     cxx = ["-O3", "-ffp-contract=fast"]
     openmp = ["-fopenmp"]  # at::parallel_for's OpenMP backend is inlined into our translation units
+    link = list(openmp)
+    if _flag("EQUIFAST_SANITIZE", False):
+        # Python's own CFLAGS carry -fwrapv, under which signed overflow is defined and not reported.
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        cxx = ["-O1", "-g", "-ffp-contract=fast", "-fno-wrapv"] + sanitize
+        link += sanitize
     include_dirs = [os.path.abspath("csrc")]
     if want_cuda and cuda_sources:
         ext = cpp_extension.CUDAExtension(
             "equifast._C", sources + cuda_sources, include_dirs=include_dirs + _nvidia_wheel_includes(),
             define_macros=[("EQUIFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx + openmp, "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=openmp)
+            extra_link_args=link)
     else:
         ext = cpp_extension.CppExtension("equifast._C", sources, include_dirs=include_dirs,
-                                         extra_compile_args={"cxx": cxx + openmp}, extra_link_args=openmp)
+                                         extra_compile_args={"cxx": cxx + openmp}, extra_link_args=link)
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

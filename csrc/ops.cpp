@@ -1,12 +1,14 @@
-// Op schemas of equifast's compiled kernels (namespace equifast_C), declared once here; the CPU
-// implementations are registered in csrc/cpu/, the CUDA ones in csrc/cuda/ (TORCH_LIBRARY_IMPL).
+// Op schemas of equifast's compiled kernels (namespace equifast_C), declared once here. Each device
+// registers its kernels in its own file (TORCH_LIBRARY_IMPL): csrc/cpu/equiconv_kernel.cpp and
+// csrc/cuda/equiconv_kernel.cu; the entry points and checks they share are in csrc/equiconv.h.
 // These are kernel-level ops called by the user-facing custom ops equifast::lift_conv / group_conv
-// (equifast/ops.py) through the "cpu" and "cuda" backends (equifast/extension/).
+// (equifast/ops.py) through the "cpu" and "cuda" backends (equifast/backends/_compiled.py).
 //
-// Tables (int64, built in Python from a validated exact group, see csrc/equiconv.h):
-//   xperm [n, H*W]  pixel permutation of the view of copy g (empty: identity)
-//   kperm [n, kh*kw] kernel-tap permutation of copy g (empty: identity)
-//   slot  [n, n]    group_conv: weight slot of input copy h for output copy g (g⁻¹·h)
+// Tables (built in Python from a validated exact group, see csrc/equiconv.h):
+//   xmap  pixel map of the view of copy g: empty (identity), [n, 2, 3] int64 affine map (rotations
+//         and flips by 90°) or [n, H*W] int32/int64 pixel table
+//   kperm [n, kh*kw] int32/int64 kernel-tap permutation of copy g (empty: identity)
+//   slot  [n, n] int32/int64, group_conv: weight slot of input copy h for output copy g (g⁻¹·h)
 // padding is explicit (top, bottom, left, right). Backward ops return (grad_input, grad_weight),
 // each an empty tensor when output_mask says it is not needed; grad bias is left to the caller.
 #include <Python.h>
@@ -21,9 +23,9 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(equifast_C, m) {
-  m.def("lift_conv(Tensor x, Tensor weight, Tensor? bias, Tensor xperm, Tensor kperm, int order, int[] stride, "
+  m.def("lift_conv(Tensor x, Tensor weight, Tensor? bias, Tensor xmap, Tensor kperm, int order, int[] stride, "
         "int[] padding, int[] dilation) -> Tensor");
-  m.def("lift_conv_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor xperm, Tensor kperm, int order, "
+  m.def("lift_conv_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor xmap, Tensor kperm, int order, "
         "int[] stride, int[] padding, int[] dilation, bool[] output_mask) -> (Tensor, Tensor)");
   m.def("group_conv(Tensor s, Tensor weight, Tensor? bias, Tensor slot, Tensor kperm, int[] stride, "
         "int[] padding, int[] dilation) -> Tensor");

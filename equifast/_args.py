@@ -3,6 +3,13 @@
 ``ConvPlan`` holds what a backend needs besides tensors: the group, stride (sh, sw),
 explicit padding (top, bottom, left, right) — "same"/"valid" and pairs resolved the way
 ``torch.nn.functional.conv2d`` resolves them — dilation (dh, dw) and the frame.
+
+Geometry is checked here once, in exact (Python) integer arithmetic, so that every backend gets
+numbers its int64 index arithmetic can hold: each of stride, padding and dilation fits int64,
+the padded input (H + top + bottom) and the dilated kernel (dilation·(k − 1) + 1) fit int64, and
+the output has at most 2**63 − 1 elements; otherwise a ValueError names the argument. Every call
+``torch.nn.functional.conv2d`` accepts either gets conv2d's output size (floor rounding, ``out_size``)
+or one of these errors. The compiled kernels repeat the checks (csrc/equiconv.h) for direct calls.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ FRAMES = ("view", "canonical")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 IntPair = Union[int, Sequence[int]]
+INT64_MAX = 2 ** 63 - 1
 
 
 def out_size(H: int, W: int, kh: int, kw: int, stride, padding, dilation) -> Tuple[int, int]:
@@ -87,6 +95,8 @@ def _int(v, name, op, minimum):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if v < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")
+    if v > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be at most 2**63 - 1 (int64), got {v}")
     return int(v)
 
 
@@ -138,7 +148,7 @@ def check_lift(x, weight, bias, group, stride, padding, dilation, frame) -> Conv
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight has C_in={weight.shape[1]} input channels but x has "
                          f"{x.shape[1]} channels (x {_shape(x)}, weight {_shape(weight)})")
-    _check_common(op, x.shape[-2:], weight, bias, plan)
+    _check_common(op, x, "x", weight, bias, plan)
     return plan
 
 
@@ -161,13 +171,13 @@ def check_group(s, weight, bias, group, stride, padding, dilation, frame) -> Con
     if weight.shape[2] != s.shape[2]:
         raise ValueError(f"{op}: weight has C_in={weight.shape[2]} input channels but s has "
                          f"{s.shape[2]} channels (s {_shape(s)}, weight {_shape(weight)})")
-    _check_common(op, s.shape[-2:], weight, bias, plan)
+    _check_common(op, s, "s", weight, bias, plan)
     return plan
 
 
-def _check_common(op, hw, weight, bias, plan: ConvPlan) -> None:
-    H, W = int(hw[0]), int(hw[1])
-    kh, kw = weight.shape[-2:]
+def _check_common(op, inp, name, weight, bias, plan: ConvPlan) -> None:
+    H, W = int(inp.shape[-2]), int(inp.shape[-1])
+    kh, kw = int(weight.shape[-2]), int(weight.shape[-1])
     group = plan.group
     if group.quarter_turns and plan.frame == "view" and op == "lift_conv" and H != W:
         raise ValueError(f"{op}: group {group.name} rotates by 90 degrees and needs a square input; "
@@ -179,9 +189,33 @@ def _check_common(op, hw, weight, bias, plan: ConvPlan) -> None:
         raise ValueError(f"{op}: expected bias of shape [C_out={weight.shape[0]}], got {_shape(bias)}")
     if min(weight.shape) == 0 and weight.shape[0] != 0:
         raise ValueError(f"{op}: weight has a zero-size dimension: {_shape(weight)}")
-    Ho, Wo = plan.out_size(H, W, kh, kw)
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: input {name} has an empty spatial size {H}x{W}; expected at least 1x1")
+    check_geometry(op, (H, W), (kh, kw), plan.stride, plan.padding, plan.dilation,
+                   int(inp.shape[0]) * plan.order * int(weight.shape[0]))
+
+
+def check_geometry(op: str, hw, khw, stride, padding, dilation, channels: int = 1) -> Tuple[int, int]:
+    """Check that an H x W input and a kh x kw kernel give a non-empty output whose arithmetic fits
+    int64 (see the module docstring); returns (H', W'). ``padding`` is explicit (top, bottom, left,
+    right); ``channels``: the output's other dims (B·n·C_out), for the element count."""
+    (H, W), (kh, kw) = hw, khw
+    padding, stride, dilation = tuple(padding), tuple(stride), tuple(dilation)
+    pt, pb, pl, pr = padding
+    for axis, size, lo, hi, d, k in (("H", H, pt, pb, dilation[0], kh), ("W", W, pl, pr, dilation[1], kw)):
+        if size + lo + hi > INT64_MAX:
+            raise ValueError(f"{op}: padding (top, bottom, left, right)={padding} is too large: the padded "
+                             f"input {axis} + padding = {size + lo + hi} exceeds 2**63 - 1 (int64)")
+        if d * (k - 1) + 1 > INT64_MAX:
+            raise ValueError(f"{op}: dilation {dilation} is too large: the dilated kernel dilation * (k - 1) + 1 "
+                             f"= {d * (k - 1) + 1} exceeds 2**63 - 1 (int64)")
+    Ho, Wo = out_size(H, W, kh, kw, stride, padding, dilation)
     if Ho <= 0 or Wo <= 0:
         raise ValueError(f"{op}: output size would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel {kh}x{kw}, "
-                         f"stride {plan.stride}, padding (top, bottom, left, right)={plan.padding}, "
-                         f"dilation {plan.dilation}: the padded input must be at least as large as the "
+                         f"stride {stride}, padding (top, bottom, left, right)={padding}, "
+                         f"dilation {dilation}: the padded input must be at least as large as the "
                          f"dilated kernel")
+    if max(channels, 1) * Ho * Wo > INT64_MAX:
+        raise ValueError(f"{op}: the output would have {max(channels, 1)} x {Ho} x {Wo} elements, more than "
+                         f"2**63 - 1 (int64): padding {padding} is too large for stride {stride}")
+    return Ho, Wo

@@ -14,16 +14,25 @@ Exact actions (90° rotations, flips) have one tap of weight 1 (a pixel
 permutation); interpolated rotations have 4 bilinear taps, zeros outside
 (a tap outside the image has weight 0 and index 0).
 
+Exact built-in groups (C1, C2, C4, D1, D2, D4) also describe each action as an integer
+*affine map* of pixel coordinates (``affine_maps``): a rotation or flip by a multiple of 90°
+needs no per-size table, and the compiled kernels compute the source pixel from (g, row, col).
+
 Built-in groups: ``C{n}`` (rotations r^k by 360°·k/n counter-clockwise about the
 image centre) and ``D{n}`` (r^k for k < n, then r^k·f as element n+k, with
 f = flip of the last dim applied first). ``get("C4")`` looks a group up by name.
+
+Per-size tables are cached per group in bounded least-recently-used caches
+(``TABLE_CACHE_ENTRIES`` sizes and ``TABLE_CACHE_BYTES`` bytes per cache; a table larger than
+the byte budget is built for the call and not kept), so a stream of image sizes cannot grow
+memory without bound.
 """
 from __future__ import annotations
 
-import functools
 import math
 import re
 import threading
+from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,6 +41,63 @@ __all__ = ["Group", "cyclic", "dihedral", "get", "register", "custom", "names"]
 
 SamplingTable = Tuple[torch.Tensor, torch.Tensor]  # index [H*W, T] int64, weight [H*W, T] float64
 ImageAction = Callable[[int, int, int], Union[torch.Tensor, SamplingTable]]
+# affine_action(g, H, W) -> ((a, b, c), (d, e, f)): act(x, g)[r, q] = x[a·r + b·q + c, d·r + e·q + f]
+AffineAction = Callable[[int, int, int], Tuple[Tuple[int, int, int], Tuple[int, int, int]]]
+
+TABLE_CACHE_ENTRIES = 8          # image sizes kept per cache (least recently used evicted first)
+TABLE_CACHE_BYTES = 256 << 20    # bytes kept per cache; a larger table is not cached
+
+
+class TableCache:
+    """A thread-safe least-recently-used cache of tensors (or tuples of tensors) bounded by
+    ``entries`` and by ``max_bytes`` (the sum of the values' storage)."""
+
+    def __init__(self, entries: int = TABLE_CACHE_ENTRIES, max_bytes: int = TABLE_CACHE_BYTES):
+        self.entries, self.max_bytes = int(entries), int(max_bytes)
+        self._data: "OrderedDict[tuple, object]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(value) -> int:
+        if value is None:
+            return 0
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        return sum(TableCache.nbytes(v) for v in value)
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        size = self.nbytes(value)
+        if size > self.max_bytes:
+            return value
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.entries or self.total_bytes() > self.max_bytes:
+                self._data.popitem(last=False)
+        return value
+
+    def get_or_build(self, key, build):
+        value = self.get(key)
+        if value is None:
+            value = self.put(key, build())
+        return value
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(v) for v in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
 
 _REGISTRY: Dict[str, "Group"] = {}
 _LOCK = threading.Lock()
@@ -48,6 +114,10 @@ class Group:
             or a sampling table ``(index [H*W, T], weight [H*W, T])``.
         exact: True when every action is a pixel permutation (no interpolation).
         quarter_turns: True when some element rotates by 90° (square images needed).
+        affine_action: optional, for exact groups whose actions are rotations / flips by multiples
+            of 90°: ``affine_action(g, H, W) = ((a, b, c), (d, e, f))`` with
+            ``act(x, g)[r, q] = x[a·r + b·q + c, d·r + e·q + f]`` (a signed permutation matrix);
+            then no per-size pixel table is needed (``affine_maps``).
 
     The group axioms are checked on construction; the action's homomorphism property
     (act(act(x, h), g) == act(x, g·h)) is checked the first time a table of a size is built,
@@ -55,7 +125,8 @@ class Group:
     """
 
     def __init__(self, name: str, cayley, image_action: ImageAction, *, exact: bool,
-                 quarter_turns: bool = False, register_group: bool = True):
+                 quarter_turns: bool = False, register_group: bool = True,
+                 affine_action: Optional[AffineAction] = None):
         table = torch.as_tensor(cayley, dtype=torch.int64)
         _check_group_axioms(name, table)
         self.name = str(name)
@@ -67,8 +138,11 @@ class Group:
         self.exact = bool(exact)
         self.quarter_turns = bool(quarter_turns)
         self._image_action = image_action
-        self._tables: Dict[Tuple[int, int], SamplingTable] = {}
-        self._device_tables: Dict[Tuple[int, int, str, torch.dtype], SamplingTable] = {}
+        self._affine_action = affine_action if self.exact else None
+        self._tables = TableCache()          # (H, W) -> sampling tables
+        self._device_tables = TableCache()   # (H, W, device, dtype) -> sampling tables there
+        self._perms = TableCache()           # (H, W, dtype) -> pixel permutations
+        self._affine: Dict[Tuple[int, int], torch.Tensor] = {}   # [n, 2, 3]: 48·n bytes per size
         if register_group:
             register(self)
 
@@ -109,42 +183,72 @@ class Group:
 
     def sampling_tables(self, H: int, W: int) -> SamplingTable:
         """All elements stacked: index [n, H*W, T] int64, weight [n, H*W, T] float64 (CPU, cached)."""
-        key = (int(H), int(W))
-        tables = self._tables.get(key)
-        if tables is None:
-            self.check_image_size(H, W)
-            per_element = [_as_sampling_table(self._image_action(g, H, W), H * W, self.name)
-                           for g in range(self.order)]
-            taps = max(t[0].shape[1] for t in per_element)
-            index = torch.zeros(self.order, H * W, taps, dtype=torch.int64)
-            weight = torch.zeros(self.order, H * W, taps, dtype=torch.float64)
-            for g, (i, w) in enumerate(per_element):
-                index[g, :, : i.shape[1]] = i
-                weight[g, :, : w.shape[1]] = w
-            if self.exact:
-                _check_exact_action(self, index, weight, H, W)
-            tables = (index, weight)
-            with _LOCK:
-                self._tables[key] = tables
-        return tables
+        return self._tables.get_or_build((int(H), int(W)), lambda: self._build_sampling_tables(int(H), int(W)))
+
+    def _build_sampling_tables(self, H: int, W: int) -> SamplingTable:
+        self.check_image_size(H, W)
+        if self.affine_maps(H, W) is not None:   # exact and affine: checked on the maps
+            index = self.permutations(H, W).unsqueeze(-1)
+            return index, torch.ones(index.shape, dtype=torch.float64)
+        per_element = [_as_sampling_table(self._image_action(g, H, W), H * W, self.name)
+                       for g in range(self.order)]
+        taps = max(t[0].shape[1] for t in per_element)
+        index = torch.zeros(self.order, H * W, taps, dtype=torch.int64)
+        weight = torch.zeros(self.order, H * W, taps, dtype=torch.float64)
+        for g, (i, w) in enumerate(per_element):
+            index[g, :, : i.shape[1]] = i
+            weight[g, :, : w.shape[1]] = w
+        if self.exact:
+            _check_exact_action(self, index, weight, H, W)
+        return index, weight
 
     def tables_on(self, H: int, W: int, device, dtype=torch.float32) -> SamplingTable:
         """``sampling_tables`` moved to ``device``, weights in ``dtype`` (cached)."""
         device = torch.device(device)
-        key = (int(H), int(W), str(device), dtype)
-        tables = self._device_tables.get(key)
-        if tables is None:
-            index, weight = self.sampling_tables(H, W)
-            tables = (index.to(device), weight.to(device=device, dtype=dtype))
-            with _LOCK:
-                self._device_tables[key] = tables
-        return tables
 
-    def permutations(self, H: int, W: int) -> torch.Tensor:
-        """For exact groups: LongTensor [n, H*W], ``act(x, g).flatten(-2) = x.flatten(-2)[..., perm[g]]``."""
+        def build():
+            index, weight = self.sampling_tables(H, W)
+            return index.to(device), weight.to(device=device, dtype=dtype)
+
+        return self._device_tables.get_or_build((int(H), int(W), str(device), dtype), build)
+
+    def affine_maps(self, H: int, W: int) -> Optional[torch.Tensor]:
+        """For exact groups with an affine description (the built-in C1, C2, C4, D1, D2, D4):
+        int64 [n, 2, 3] with ``act(x, g)[r, q] = x[A[g, 0] · (r, q, 1), A[g, 1] · (r, q, 1)]``;
+        None otherwise. Checked: every map is a signed permutation matrix that maps the H x W
+        image onto itself, element 0 is the identity, and the maps compose as the Cayley table."""
+        if self._affine_action is None:
+            return None
+        key = (int(H), int(W))
+        maps = self._affine.get(key)
+        if maps is None:
+            self.check_image_size(H, W)
+            maps = torch.tensor([self._affine_action(g, int(H), int(W)) for g in range(self.order)],
+                                dtype=torch.int64).reshape(self.order, 2, 3)
+            _check_affine_action(self, maps, int(H), int(W))
+            with _LOCK:
+                if len(self._affine) >= 4 * TABLE_CACHE_ENTRIES:   # tiny entries; bounded all the same
+                    self._affine.clear()
+                self._affine[key] = maps
+        return maps
+
+    def permutations(self, H: int, W: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """For exact groups: [n, H*W] (int64, or int32 with ``dtype=torch.int32``),
+        ``act(x, g).flatten(-2) = x.flatten(-2)[..., perm[g]]`` (cached)."""
         if not self.exact:
             raise ValueError(f"group {self.name} interpolates; it has no pixel permutations")
-        return self.sampling_tables(H, W)[0][:, :, 0]
+        if dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"permutations: dtype must be torch.int32 or torch.int64, got {dtype}")
+        if dtype == torch.int32 and H * W > 2 ** 31 - 1:
+            raise ValueError(f"permutations: an int32 table cannot index {H}x{W} pixels")
+        return self._perms.get_or_build((int(H), int(W), dtype),
+                                        lambda: self._build_permutations(int(H), int(W)).to(dtype))
+
+    def _build_permutations(self, H: int, W: int) -> torch.Tensor:
+        maps = self.affine_maps(H, W)
+        if maps is None:
+            return self.sampling_tables(H, W)[0][:, :, 0]
+        return affine_pixel_table(maps, H, W)
 
     def act(self, x: torch.Tensor, g: int) -> torch.Tensor:
         """(g·x)(p) = x(g⁻¹p) on the last two dims of ``x``."""
@@ -282,6 +386,41 @@ def _check_group_axioms(name: str, table: torch.Tensor) -> None:
         raise ValueError(f"group {name}: cayley table is not associative")
 
 
+def affine_pixel_table(maps: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """[n, H*W] int64 pixel table of affine maps [n, 2, 3] (see ``Group.affine_maps``)."""
+    r = torch.arange(H, dtype=torch.int64).view(1, H, 1)
+    q = torch.arange(W, dtype=torch.int64).view(1, 1, W)
+    a = maps.view(-1, 6, 1, 1)
+    rows = a[:, 0] * r + a[:, 1] * q + a[:, 2]
+    cols = a[:, 3] * r + a[:, 4] * q + a[:, 5]
+    return (rows * W + cols).reshape(maps.shape[0], H * W)
+
+
+def _check_affine_action(group: Group, maps: torch.Tensor, H: int, W: int) -> None:
+    n = group.order
+    m = torch.zeros(n, 3, 3, dtype=torch.int64)
+    m[:, :2] = maps
+    m[:, 2, 2] = 1
+    for g in range(n):
+        lin = maps[g, :, :2]
+        if not (lin.abs().sum(0) == 1).all() or not (lin.abs().sum(1) == 1).all():
+            raise ValueError(f"group {group.name}: the affine action of element {g} is not a rotation or flip "
+                             f"by a multiple of 90 degrees")
+        corners = torch.tensor([[0, 0, 1], [0, W - 1, 1], [H - 1, 0, 1], [H - 1, W - 1, 1]], dtype=torch.int64)
+        src = corners @ m[g, :2].T
+        if bool(((src[:, 0] < 0) | (src[:, 0] >= H) | (src[:, 1] < 0) | (src[:, 1] >= W)).any()):
+            raise ValueError(f"group {group.name}: the affine action of element {g} maps the {H}x{W} image "
+                             f"outside itself")
+    if not torch.equal(m[0], torch.eye(3, dtype=torch.int64)):
+        raise ValueError(f"group {group.name}: element 0 must act as the identity on images")
+    # act(act(x, h), g) = act(x, g·h):  src_{gh}(p) = src_h(src_g(p)), i.e. M_{gh} = M_h · M_g
+    for g in range(n):
+        for h in range(n):
+            if not torch.equal(m[h] @ m[g], m[group.cayley[g][h]]):
+                raise ValueError(f"group {group.name}: affine action is not compatible with the cayley table "
+                                 f"(act(act(x, {h}), {g}) != act(x, {group.cayley[g][h]}) on {H}x{W} images)")
+
+
 def _check_exact_action(group: Group, index: torch.Tensor, weight: torch.Tensor, H: int, W: int) -> None:
     n = group.order
     if index.shape[2] != 1 or not bool((weight == 1).all()):
@@ -336,6 +475,18 @@ def _rotation_flip_table(H: int, W: int, angle: float, flip: bool, exact: bool) 
     return torch.stack(index, 1), torch.stack(weight, 1)
 
 
+def _rotation_flip_affine(H: int, W: int, quarter_turns: int, flip: bool):
+    """The exact action x -> rot(90°·quarter_turns)(flip(x)) as an integer affine map (see
+    ``Group.affine_maps``); the same pixels as ``_rotation_flip_table(..., exact=True)``."""
+    c, s = ((1, 0), (0, 1), (-1, 0), (0, -1))[quarter_turns % 4]
+    f = -1 if flip else 1
+    row_2 = (H - 1) * (1 - c) - s * (W - 1)                 # twice the row offset
+    col_2 = f * (s * (H - 1) - c * (W - 1)) + (W - 1)       # twice the column offset
+    if row_2 % 2 or col_2 % 2:
+        raise ValueError(f"a {90 * quarter_turns} degree rotation needs a square image, got {H}x{W}")
+    return (c, s, row_2 // 2), (-f * s, f * c, col_2 // 2)
+
+
 def _is_exact_order(n: int) -> bool:
     return 4 % n == 0
 
@@ -352,7 +503,11 @@ def cyclic(n: int) -> Group:
     def action(g, H, W):
         return _rotation_flip_table(H, W, 2 * math.pi * g / n, False, exact)
 
-    return Group(name, cayley, action, exact=exact, quarter_turns=n not in (1, 2))
+    def affine(g, H, W):
+        return _rotation_flip_affine(H, W, 4 // n * g, False)
+
+    return Group(name, cayley, action, exact=exact, quarter_turns=n not in (1, 2),
+                 affine_action=affine if exact else None)
 
 
 def dihedral(n: int) -> Group:
@@ -374,7 +529,11 @@ def dihedral(n: int) -> Group:
     def action(g, H, W):
         return _rotation_flip_table(H, W, 2 * math.pi * (g % n) / n, g >= n, exact)
 
-    return Group(name, cayley, action, exact=exact, quarter_turns=n not in (1, 2))
+    def affine(g, H, W):
+        return _rotation_flip_affine(H, W, 4 // n * (g % n), g >= n)
+
+    return Group(name, cayley, action, exact=exact, quarter_turns=n not in (1, 2),
+                 affine_action=affine if exact else None)
 
 
 def _check_order(n, prefix) -> int:

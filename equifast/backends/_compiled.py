@@ -12,7 +12,10 @@ falls back to the plain-PyTorch backends.
 The kernel-level ops live in the ``equifast_C`` namespace (schemas in csrc/ops.cpp):
 ``torch.ops.equifast_C.{lift_conv, lift_conv_backward, group_conv, group_conv_backward}``; they take
 the group as integer tables built here (``lift_tables``, ``group_tables``), so the kernels are
-generic over every exact group.
+generic over every exact group. The pixel map of a view-frame lift is the group's affine map
+([n, 2, 3], no per-size table) for the built-in groups and an int32 pixel table [n, H*W] for a
+custom exact group; tables are kept in bounded least-recently-used caches
+(``equifast.groups.TABLE_CACHE_ENTRIES`` / ``TABLE_CACHE_BYTES``).
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .._layout import empty_grads
+from ..groups import TableCache, affine_pixel_table
 
-__all__ = ["load", "is_loaded", "cuda_compiled", "compiled_ops", "lift_tables", "group_tables"]
+__all__ = ["load", "is_loaded", "cuda_compiled", "compiled_ops", "lift_tables", "group_tables", "pixel_table"]
 
 _LOCK = threading.Lock()
 _state: Optional[Tuple[bool, str]] = None
@@ -73,66 +77,92 @@ def compiled_ops():
 
 
 # ---------------------------------------------------------------------------
-# Group tables (int64, cached per group, size, frame and device)
+# Group tables (cached per group, size, frame and device in a bounded LRU cache)
 # ---------------------------------------------------------------------------
-_TABLES: Dict[tuple, tuple] = {}
-_EMPTY: Dict[str, torch.Tensor] = {}
+_TABLES = TableCache()
+_INT32_MAX = 2 ** 31 - 1
 
 
 def _empty(device) -> torch.Tensor:
-    key = str(device)
-    if key not in _EMPTY:
-        _EMPTY[key] = torch.empty(0, dtype=torch.int64, device=device)
-    return _EMPTY[key]
+    return torch.empty(0, dtype=torch.int64, device=device)
+
+
+def _index_dtype(size: int) -> torch.dtype:
+    return torch.int32 if size <= _INT32_MAX else torch.int64
 
 
 def _kernel_perm(group, kh: int, kw: int, frame: str, device) -> torch.Tensor:
     if frame != "canonical" or group.order == 1:
         return _empty(device)
-    return group.permutations(kh, kw).to(device)
+    return group.permutations(kh, kw, _index_dtype(kh * kw)).to(device)
 
 
 def lift_tables(plan, H: int, W: int, kh: int, kw: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(xperm [n, H*W] or empty, kperm [n, kh*kw] or empty) for ``equifast_C::lift_conv``.
-
-    view frame: copy g reads act(x, g⁻¹), i.e. pixel table perm[g⁻¹]; canonical: taps perm_k[g]."""
+    """(xmap, kperm) for ``equifast_C::lift_conv``: the pixel map of copy g's view act(x, g⁻¹)
+    (view frame; empty for the canonical frame or the trivial group) as the affine maps [n, 2, 3]
+    of the inverses, or an int32 pixel table [n, H*W] for a group without affine maps; and the
+    kernel-tap permutations perm_k[g] (canonical frame; empty otherwise)."""
     group = plan.group
-    key = ("lift", id(group), group.name, plan.frame, H, W, kh, kw, str(device))
-    tables = _TABLES.get(key)
-    if tables is None:
+
+    def build():
         if plan.frame == "view" and group.order > 1:
-            xperm = group.permutations(H, W)[list(group.inverse)].contiguous().to(device)
+            inverse = list(group.inverse)
+            maps = group.affine_maps(H, W)
+            if maps is not None:
+                xmap = maps[inverse].contiguous().to(device)
+            else:
+                xmap = group.permutations(H, W, _index_dtype(H * W))[inverse].contiguous().to(device)
         else:
-            xperm = _empty(device)
-        tables = (xperm, _kernel_perm(group, kh, kw, plan.frame, device))
-        _TABLES[key] = tables
-    return tables
+            xmap = _empty(device)
+        return xmap, _kernel_perm(group, kh, kw, plan.frame, device)
+
+    return _TABLES.get_or_build(("lift", id(group), group.name, plan.frame, H, W, kh, kw, str(device)), build)
 
 
 def group_tables(plan, kh: int, kw: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(slot [n, n] with slot[g][h] = g⁻¹·h, kperm [n, kh*kw] or empty) for ``equifast_C::group_conv``."""
     group = plan.group
-    key = ("group", id(group), group.name, plan.frame, kh, kw, str(device))
-    tables = _TABLES.get(key)
-    if tables is None:
-        tables = (group.slot_table(device), _kernel_perm(group, kh, kw, plan.frame, device))
-        _TABLES[key] = tables
-    return tables
+    return _TABLES.get_or_build(("group", id(group), group.name, plan.frame, kh, kw, str(device)),
+                                lambda: (group.slot_table(device), _kernel_perm(group, kh, kw, plan.frame, device)))
+
+
+def pixel_table(xmap: torch.Tensor, n: int, H: int, W: int) -> torch.Tensor:
+    """Any pixel map ``lift_tables`` returns, as the int64 pixel table [n, H*W] it stands for
+    (view pixel p of copy g reads input pixel table[g, p]); for tests and emulations."""
+    if xmap.numel() == 0:
+        return torch.arange(H * W, device=xmap.device).expand(n, H * W)
+    if xmap.dim() == 3:
+        return affine_pixel_table(xmap.cpu(), H, W).to(xmap.device)
+    return xmap.long()
 
 
 # ---------------------------------------------------------------------------
 # Fake (meta) kernels of the equifast_C ops, for tracing and torch.library.opcheck
 # ---------------------------------------------------------------------------
 def _register_fakes() -> None:
+    from .._args import check_geometry
     from ..ops import fake_forward
 
-    def lift_fake(x, weight, bias, xperm, kperm, order, stride, padding, dilation):
+    def checked(name, inp, weight, stride, padding, dilation):
+        # the kernels' own checks (csrc/equiconv.h), so that the fake refuses what the kernel refuses
+        if len(stride) != 2 or len(padding) != 4 or len(dilation) != 2:
+            raise RuntimeError(f"equifast_C::{name}: stride, padding, dilation must have 2, 4, 2 entries")
+        if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+            raise RuntimeError(f"equifast_C::{name}: stride and dilation must be >= 1 and padding >= 0")
+        try:
+            check_geometry(f"equifast_C::{name}", inp.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+
+    def lift_fake(x, weight, bias, xmap, kperm, order, stride, padding, dilation):
+        checked("lift_conv", x, weight, stride, padding, dilation)
         return fake_forward(x, weight, order, stride, padding, dilation)
 
     def group_fake(s, weight, bias, slot, kperm, stride, padding, dilation):
+        checked("group_conv", s, weight, stride, padding, dilation)
         return fake_forward(s, weight, s.shape[1], stride, padding, dilation)
 
-    def lift_backward_fake(grad_out, x, weight, xperm, kperm, order, stride, padding, dilation, output_mask):
+    def lift_backward_fake(grad_out, x, weight, xmap, kperm, order, stride, padding, dilation, output_mask):
         return empty_grads(x, weight, output_mask)
 
     def group_backward_fake(grad_out, s, weight, slot, kperm, stride, padding, dilation, output_mask):

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build equifast._C's CPU kernels with AddressSanitizer + UndefinedBehaviorSanitizer and run the
+# CPU-extension, native-hardening, geometry, reliability and fuzz tests under them, once per
+# instruction-set cap (EQUIFAST_CPU_ISA unset = the best copy this CPU runs, then avx2, baseline).
+# Any sanitizer report aborts the test process, so the run fails. See docs/reliability.md.
+#
+#   bash tools/sanitize_cpu.sh            (make sanitize-cpu)
+# Env: PYTHON (default .venv/bin/python), SANITIZE_DIR (default build/sanitize-cpu: a copy of the
+# package, tests and csrc is built there, so the in-place build of the working tree is left alone),
+# SANITIZE_ISAS (default "native avx2 baseline"), SANITIZE_PYTEST_ARGS (extra pytest arguments).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+DIR="${SANITIZE_DIR:-$ROOT/build/sanitize-cpu}"
+start=$(date +%s)
+say() { echo "[sanitize-cpu +$(( $(date +%s) - start ))s] $*"; }
+
+ASAN_LIB="$(gcc -print-file-name=libasan.so)"
+UBSAN_LIB="$(gcc -print-file-name=libubsan.so)"
+for lib in "$ASAN_LIB" "$UBSAN_LIB"; do
+  if [ ! -e "$lib" ]; then say "ERROR: $lib not found (gcc with libasan / libubsan is needed)"; exit 2; fi
+done
+
+say "copying the package, tests and csrc into $DIR/src"
+mkdir -p "$DIR/src"
+for path in equifast tests csrc setup.py pyproject.toml; do
+  rm -rf "$DIR/src/$path.new" && cp -r "$path" "$DIR/src/$path.new"
+  rm -rf "$DIR/src/$path" && mv "$DIR/src/$path.new" "$DIR/src/$path"
+done
+find "$DIR/src/equifast" -name '_C*.so' -delete
+find "$DIR/src" -name __pycache__ -prune -exec rm -rf {} +
+
+say "building equifast._C with -fsanitize=address,undefined -fno-wrapv"
+(cd "$DIR/src" && EQUIFAST_SANITIZE=1 EQUIFAST_BUILD_CUDA=0 "$PY" setup.py -q build_ext --inplace \
+   --build-temp "$DIR/temp" >"$DIR/build.log" 2>&1) || { tail -n 30 "$DIR/build.log"; say "FAILED to build"; exit 1; }
+say "built $(ls "$DIR"/src/equifast/_C*.so)"
+
+export PYTHONPATH="$DIR/src${PYTHONPATH:+:$PYTHONPATH}"
+export LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB"
+# detect_leaks=0: CPython and torch keep allocations alive at exit by design (not our leaks).
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:symbolize=1:allocator_may_return_null=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+cd "$DIR/src"
+where=$("$PY" -c 'import equifast, equifast.backends.cpu as c; ok, why = c.availability("cpu"); assert ok, why; print(equifast.__file__)')
+case "$where" in "$DIR/src/"*) ;; *) say "ERROR: imported equifast from $where, not from the sanitizer copy"; exit 1;; esac
+
+# Whole files for the compiled kernels; the backend-parametrised suites for the "cpu" backend only
+# (the plain-PyTorch and Triton backends run no C++ of ours).
+WHOLE=(tests/test_extension_cpu.py tests/test_native_hardening.py)
+FILTERED=(tests/test_geometry.py tests/test_reliability.py tests/test_fuzz.py)
+K_FILTER='cpu and not triton'
+status=0
+for isa in ${SANITIZE_ISAS:-native avx2 baseline}; do
+  if [ "$isa" = native ]; then unset EQUIFAST_CPU_ISA; else export EQUIFAST_CPU_ISA="$isa"; fi
+  got=$("$PY" -c 'import equifast.backends.cpu as c; print(c.isa())')
+  t0=$(date +%s)
+  say "EQUIFAST_CPU_ISA=${EQUIFAST_CPU_ISA:-<unset>} (kernels: $got): ${WHOLE[*]}; ${FILTERED[*]} -k '$K_FILTER'"
+  if "$PY" -m pytest -q -p no:cacheprovider -x "${WHOLE[@]}" ${SANITIZE_PYTEST_ARGS:-} &&
+     "$PY" -m pytest -q -p no:cacheprovider -x "${FILTERED[@]}" -k "$K_FILTER" ${SANITIZE_PYTEST_ARGS:-}; then
+    say "ISA $got: passed in $(( $(date +%s) - t0 ))s"
+  else
+    status=1; say "ISA $got: FAILED (a sanitizer report above aborts the process: see docs/reliability.md)"
+  fi
+done
+if [ $status = 0 ]; then say "OK: no sanitizer report"; else say "FAILED"; fi
+exit $status
