@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 STUDY_ARGS ?=
 
-.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-test sanitize clean
+.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-test sanitize sanitize-cpu clean
 
 $(VENV)/.deps-stamp: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ gpu-test:
 # On a machine with a GPU: compute-sanitizer memcheck and racecheck over the GPU tests.
 sanitize:
 	bash tools/sanitize.sh
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (in build/sanitize-cpu, the
+# in-place build is left alone) under the CPU-extension, reliability and fuzz tests, every ISA cap.
+sanitize-cpu: $(VENV)/.deps-stamp
+	bash tools/sanitize_cpu.sh
 
 clean:
 	rm -rf build *.egg-info equifast/_C*.so runs

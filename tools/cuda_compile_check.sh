@@ -54,7 +54,8 @@ if [ -z "$SO" ]; then say "FAILED: no equifast/_C*.so produced"; exit 1; fi
 SYMS="$BUILD/symbols.txt"
 nm -D "$SO" >"$SYMS" || true
 if ! grep -q "__cudaRegisterFatBinary" "$SYMS"; then say "FAILED: $SO contains no CUDA kernels"; exit 1; fi
-for obj in lift_conv group_conv; do
-  if [ -z "$(find "$BUILD/temp" -path "*csrc/cuda/$obj.o" | head -n 1)" ]; then say "FAILED: csrc/cuda/$obj.cu was not compiled"; exit 1; fi
+for src in csrc/cuda/*.cu; do
+  obj=$(basename "$src" .cu)
+  if [ -z "$(find "$BUILD/temp" -path "*csrc/cuda/$obj.o" | head -n 1)" ]; then say "FAILED: $src was not compiled"; exit 1; fi
 done
 say "OK: built $(basename "$SO") ($(du -h "$SO" | cut -f1)) with the CUDA kernels for sm_${TORCH_CUDA_ARCH_LIST/./}; $(grep -c -i "warning" "$BUILD/build.log" || true) warning lines in $BUILD/build.log"

@@ -1,6 +1,5 @@
-// The fused CUDA orbit convolution (maths in csrc/equiconv.h), shared by csrc/cuda/lift_conv.cu and
-// csrc/cuda/group_conv.cu. Everything here has internal linkage (anonymous namespace), so the two
-// translation units each carry their own copy.
+// The CUDA kernels of equifast_C::lift_conv, group_conv and their backward ops (maths and entry
+// points in csrc/equiconv.h; registered at the end of this file).
 //
 // forward_kernel: grid (B × item chunks, C_out tiles). A block owns one image b, one tile of OT output
 // channels and a chunk of the n·Ho·Wo (copy, pixel) items, so one launch writes every copy to its slot.
@@ -11,8 +10,8 @@
 // grad_weight_kernel: one block per (tap k, copy g, C_out tile, position chunk), a fixed-order block
 // reduction into per-chunk partials that are summed afterwards; no atomics anywhere, so the backward is
 // deterministic and needs no special path under torch.use_deterministic_algorithms(True).
-// All offsets are 64-bit. float16 / bfloat16 accumulate in float.
-#pragma once
+// The kernels read the pixel map as an int64 table [n, H·W] on the device (pixel_table_long: built per
+// call from an affine map or the identity). All offsets are 64-bit. float16 / bfloat16 accumulate in float.
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -22,6 +21,8 @@
 
 #include <algorithm>
 #include <array>
+
+#include <torch/library.h>
 
 #include "equiconv.h"
 
@@ -187,20 +188,31 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Geom g, const T* 
   }
 }
 
-inline void check_cuda(const char* op, const at::Tensor& x) {
+}  // namespace
+
+struct Cuda {
+  static constexpr const char* kName = "cuda";
+  static void check_input(const std::string& op, const at::Tensor& x);
+  static at::Tensor forward(const std::string& op, const Prepared& p, const c10::optional<at::Tensor>& bias);
+  static std::tuple<at::Tensor, at::Tensor> backward(const std::string& op, const Prepared& p,
+                                                     const at::Tensor& grad_out, const at::Tensor& weight,
+                                                     std::array<bool, 2> output_mask);
+};
+
+void Cuda::check_input(const std::string& op, const at::Tensor& x) {
   TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got a tensor on ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 ||
               x.scalar_type() == at::kDouble, op,
               ": the CUDA kernel supports float32, float16, bfloat16 and float64, got ", x.scalar_type());
 }
 
-inline at::Tensor run_forward(const char* op, const Prepared& p, const c10::optional<at::Tensor>& bias) {
+at::Tensor Cuda::forward(const std::string& op, const Prepared& p, const c10::optional<at::Tensor>& bias) {
   const Geom& g = p.geom;
-  check_bias(op, bias, g, p.x);
   c10::cuda::CUDAGuard guard(p.x.device());
   at::Tensor out = empty_stack(g, p.x_channels_last, p.x.options());
   if (out.numel() == 0) return out;
   at::Tensor bt = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
+  const at::Tensor xperm = pixel_table_long(p);
   const int64_t items = g.n * g.Ho * g.Wo;
   const int64_t chunks = (items + kThreads - 1) / kThreads;
   const int64_t otiles = (g.Co + kOT - 1) / kOT;
@@ -213,11 +225,11 @@ inline at::Tensor run_forward(const char* op, const Prepared& p, const c10::opti
     const scalar_t* bptr = bt.defined() ? bt.data_ptr<scalar_t>() : nullptr;
     if (smem <= kMaxSmemBytes) {
       forward_kernel<scalar_t, true><<<grid, kThreads, smem, stream>>>(
-          g, p.x.data_ptr<scalar_t>(), p.xperm.data_ptr<int64_t>(), p.Wg.data_ptr<scalar_t>(), bptr,
+          g, p.x.data_ptr<scalar_t>(), xperm.data_ptr<int64_t>(), p.Wg.data_ptr<scalar_t>(), bptr,
           out.data_ptr<scalar_t>(), os, chunks);
     } else {
       forward_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(
-          g, p.x.data_ptr<scalar_t>(), p.xperm.data_ptr<int64_t>(), p.Wg.data_ptr<scalar_t>(), bptr,
+          g, p.x.data_ptr<scalar_t>(), xperm.data_ptr<int64_t>(), p.Wg.data_ptr<scalar_t>(), bptr,
           out.data_ptr<scalar_t>(), os, chunks);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -225,20 +237,21 @@ inline at::Tensor run_forward(const char* op, const Prepared& p, const c10::opti
   return out;
 }
 
-inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Prepared& p, const at::Tensor& grad_out,
-                                                        const at::Tensor& weight, std::array<bool, 2> mask) {
+std::tuple<at::Tensor, at::Tensor> Cuda::backward(const std::string& op, const Prepared& p,
+                                                  const at::Tensor& grad_out, const at::Tensor& weight,
+                                                  std::array<bool, 2> output_mask) {
   const Geom& g = p.geom;
-  check_grad_out(op, grad_out, g);
   c10::cuda::CUDAGuard guard(p.x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor gy = grad_out.to(p.x.scalar_type()).contiguous();
   at::Tensor gx = p.x.new_empty({0}), gw = p.x.new_empty({0});
   const int64_t HW = g.H * g.W;
-  if (mask[0]) {
+  const at::Tensor xperm = pixel_table_long(p);
+  if (output_mask[0]) {
     gx = empty_grad_input(g, p.x, p.x_channels_last);
     const int64_t total = g.B * g.m * g.C * HW;
     if (total > 0) {
-      at::Tensor xinv = at::argsort(p.xperm, /*stable=*/true, /*dim=*/1).contiguous();
+      at::Tensor xinv = at::argsort(xperm, /*stable=*/true, /*dim=*/1).contiguous();
       const Strides5 gs = strides5(gx);
       const int64_t blocks = (total + kThreads - 1) / kThreads;
       TORCH_CHECK(blocks < (int64_t(1) << 31), op, ": problem too large for one launch");
@@ -250,9 +263,9 @@ inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Pre
       });
     }
   }
-  if (mask[1]) {
+  if (output_mask[1]) {
     const int64_t K = g.K(), P = g.B * g.Ho * g.Wo;
-    if (P == 0) {
+    if (P == 0 || g.Co == 0) {
       gw = at::zeros_like(weight, at::MemoryFormat::Contiguous);
     } else {
       const int64_t otiles = (g.Co + kOT - 1) / kOT;
@@ -270,7 +283,7 @@ inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Pre
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "equifast_cuda_grad_weight", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         grad_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-            g, p.x.data_ptr<scalar_t>(), p.xperm.data_ptr<int64_t>(), gy.data_ptr<scalar_t>(),
+            g, p.x.data_ptr<scalar_t>(), xperm.data_ptr<int64_t>(), gy.data_ptr<scalar_t>(),
             partial.data_ptr<acc_t>(), per_chunk, otiles);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -280,6 +293,7 @@ inline std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Pre
   return {gx, gw};
 }
 
-}  // namespace
 }  // namespace cuda
 }  // namespace equifast
+
+TORCH_LIBRARY_IMPL(equifast_C, CUDA, m) { equifast::register_kernels<equifast::cuda::Cuda>(m); }
