@@ -627,3 +627,13 @@ def test_interop_is_a_lazy_attribute_of_equifast():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["from_field_major", "from_escnn"]
+
+
+def test_per_copy_max_pool_runs_channels_last_with_the_same_values():
+    s = torch.randn(2, 4, 3, 9, 9)
+    for pool in (nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.MaxPool2d(2, dilation=2)):
+        layer = enn.PerCopy(pool)
+        y = layer(s)
+        assert y.is_contiguous()
+        torch.testing.assert_close(y, torch.stack([pool(s[:, g]) for g in range(4)], 1), atol=0, rtol=0)
+        torch.testing.assert_close(layer.export()(s), y, atol=0, rtol=0)

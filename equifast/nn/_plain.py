@@ -152,14 +152,20 @@ class PlainGroupPool(nn.Module):
 
 
 class PlainPerCopy(nn.Module):
-    """[B, n, ...] -> module on [B*n, ...] -> [B, n, ...]."""
+    """[B, n, ...] -> module on [B*n, ...] -> [B, n, ...] (``channels_last``: the module runs on a
+    channels_last copy, for max pooling)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, channels_last: bool = False):
         super().__init__()
         self.module = module
+        self.channels_last = channels_last
 
     def forward(self, s: Tensor) -> Tensor:
-        y = self.module(s.flatten(0, 1))
+        x = s.flatten(0, 1)
+        if self.channels_last:
+            y = self.module(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        else:
+            y = self.module(x)
         return y.unflatten(0, (s.shape[0], s.shape[1]))
 
 
