@@ -15,7 +15,7 @@ import torch
 
 from .. import _limits
 
-NAMES = ("reference", "torch", "triton", "cuda", "cpu")
+NAMES = ("reference", "torch", "triton", "cuda", "cpu", "fourier")
 MODULES: Dict[str, str] = {name: f"equifast.backends.{name}" for name in NAMES}  # backend name = module name
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 ENV_VAR = "EQUIFAST_BACKEND"

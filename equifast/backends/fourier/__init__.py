@@ -1,0 +1,59 @@
+"""The ``fourier`` backend: ``group_conv`` in the group-Fourier basis of the group axis.
+
+A view-frame group convolution is a correlation along the group axis, so a real orthogonal change
+of basis that block-diagonalises the regular representation splits it into one small convolution
+per irreducible copy: Σ_ρ d_ρ³ filter blocks (C_n: n_1 + 3 n_2 with three-product complex blocks)
+instead of the dense bank's |G|², run as one grouped conv2d per block dimension (``group_conv``;
+bases in ``basis``). Plain PyTorch ops, so any device; explicit backward.
+
+Supports ``group_conv`` in the view frame for every group (C_n and D_n in closed form, custom
+groups through a numerically computed basis), and in the canonical frame only where every group
+element acts trivially on the kernel (1x1 kernels, C1), where both frames are the same function.
+``lift_conv`` has no sum over the group to diagonalise: refused, so ``auto`` takes another backend.
+"""
+from . import basis
+from .group_conv import group_conv_backward, group_conv_forward
+
+NAME = "fourier"
+INDEX_BITS = 64
+
+
+def availability(device):
+    return True, ""
+
+
+def _acts_trivially(group, kh: int, kw: int) -> bool:
+    """Whether every element of ``group`` leaves a kh x kw kernel unchanged (act(w, g) = w)."""
+    index, weight = group.sampling_tables(kh, kw)
+    identity = basis.torch.arange(kh * kw)[None, :].expand(group.order, -1)
+    return bool((weight[..., 0] == 1).all()) and bool((weight[..., 1:] == 0).all()) \
+        and bool((index[..., 0] == identity).all())
+
+
+def supports(plan, x, weight):
+    if x.dim() != 5:
+        return False, ("fourier: lift_conv is not supported: the lifting convolution has no sum over the group "
+                       "for a group-Fourier transform to diagonalise (use backend 'torch', 'cpu', 'cuda' or 'triton')")
+    if plan.frame == "canonical":
+        kh, kw = weight.shape[-2:]
+        if kh != kw and plan.group.quarter_turns:
+            return False, "fourier: frame='canonical' with a non-square kernel is not supported"
+        if not _acts_trivially(plan.group, kh, kw):
+            return False, (f"fourier: frame='canonical' is supported only where every element of {plan.group.name} "
+                           f"leaves the kernel unchanged (e.g. 1x1 kernels), where it equals frame='view'; with a "
+                           f"{kh}x{kw} kernel the canonical filters act(w, g) differ per output copy and the group "
+                           f"Fourier transform does not block-diagonalise the layer (use frame='view' or another "
+                           f"backend)")
+    try:
+        basis.get(plan.group)
+    except basis.BasisError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def preferred(plan, x, weight):
+    return True
+
+
+__all__ = ["NAME", "INDEX_BITS", "availability", "supports", "preferred", "group_conv_forward",
+           "group_conv_backward"]
