@@ -1,0 +1,272 @@
+"""The ``fourier`` backend (group_conv in the group-Fourier basis): its bases, and the op against the
+reference in float64, layouts, low precision, autograd machinery, equivariance and refusals."""
+import itertools
+
+import pytest
+import torch
+
+import equifast
+from equifast import groups
+from equifast._args import check_group
+from equifast._layout import is_channels_last
+from equifast.backends import fourier
+from equifast.backends.fourier import basis
+from helpers import forward_backward, make_problem, max_err, to_channels_last
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _custom(name, cayley):
+    """A group acting trivially on images (the view-frame group_conv never reads the image action)."""
+    if name in groups.names():
+        return groups.get(name)
+    return groups.custom(name, cayley, lambda g, H, W: torch.arange(H * W), exact=True)
+
+
+def _table(elements, mul):
+    index = {e: i for i, e in enumerate(elements)}
+    return [[index[mul(a, b)] for b in elements] for a in elements]
+
+
+def _compose(p, q):           # permutations as tuples: (p∘q)(i) = p[q[i]]
+    return tuple(p[i] for i in q)
+
+
+S3 = _custom("fourier-S3", _table(sorted(itertools.permutations(range(3))), _compose))          # 2-d irrep, real type
+C3xC2 = _custom("fourier-C3xC2", _table([(a, b) for a in range(3) for b in range(2)],
+                                        lambda x, y: ((x[0] + y[0]) % 3, (x[1] + y[1]) % 2)))   # complex type
+
+
+def _quaternion_mul(a, b):    # Q8 as (sign, unit) with units 1, i, j, k: 4-d irrep of quaternionic type
+    table = {("1", u): (1, u) for u in "1ijk"}
+    table.update({(u, "1"): (1, u) for u in "1ijk"})
+    table.update({("i", "i"): (-1, "1"), ("j", "j"): (-1, "1"), ("k", "k"): (-1, "1"),
+                  ("i", "j"): (1, "k"), ("j", "k"): (1, "i"), ("k", "i"): (1, "j"),
+                  ("j", "i"): (-1, "k"), ("k", "j"): (-1, "i"), ("i", "k"): (-1, "j")})
+    sign, unit = table[(a[1], b[1])]
+    return (a[0] * b[0] * sign, unit)
+
+
+Q8 = _custom("fourier-Q8", _table([(s, u) for s in (1, -1) for u in "1ijk"], _quaternion_mul))
+
+GROUPS = ["C1", "C2", "C4", "C8", "C16", "D4", "D8", S3.name, C3xC2.name, Q8.name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bases
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", GROUPS + ["C3", "D1", "D2", "D3"])
+def test_basis_reproduces_the_regular_representation(name):
+    group = groups.get(name)
+    b = basis.get(group)
+    R = basis.right_regular(group.cayley_tensor())
+    assert max_err(basis.operator(b), R) <= 1e-12           # Σ_blocks t_out ρ(h) t_in = R(h), every h
+    if b.kind != "cyclic":                                   # orthogonal Q with QᵀR(g)Q = ⊕ρ(g)
+        basis.check(b, R)
+
+
+@pytest.mark.parametrize("name, blocks", [("C4", 5), ("C8", 11), ("C16", 23), ("D4", 12), ("D8", 28),
+                                          ("fourier-S3", 10), ("fourier-Q8", 4 + 16)])
+def test_filter_blocks(name, blocks):
+    assert basis.get(groups.get(name)).filter_blocks == blocks
+
+
+def test_numeric_basis_of_a_dihedral_group():
+    """The numerical construction (used for custom groups) on D4's table: four 1-d irreducibles and
+    two copies of the 2-d one, checked to 1e-12 on construction and here."""
+    group = groups.get("D4")
+    b = basis.numeric(group.cayley_tensor(), "D4")
+    assert max_err(basis.operator(b), basis.right_regular(group.cayley_tensor())) <= 1e-12
+    assert sorted((blk.d, blk.groups) for blk in b.blocks) == [(1, 4), (2, 2)]
+
+
+def test_bad_basis_is_refused_with_a_clear_error():
+    group = groups.get("D4")
+    good = basis.dihedral(4, "D4")
+    blk = good.blocks[1]
+    broken = basis.Basis("D4", 8, (good.blocks[0], basis.Block(blk.d, blk.t_in, blk.t_w * 1.001, blk.t_out,
+                                                                blk.bias)), "dihedral")
+    with pytest.raises(basis.BasisError, match=r"basis of group D4 is off by .*QᵀR\(g\)Q"):
+        basis.check(broken, basis.right_regular(group.cayley_tensor()))
+
+
+# ------------------------------------------------------------------------------------------------
+# The op against the reference (float64, 1e-10)
+# ------------------------------------------------------------------------------------------------
+def _assert_matches_reference(s, w, b, **kw):
+    out, grads = forward_backward("group_conv", s, w, b, backend="fourier", **kw)
+    want, want_grads = forward_backward("group_conv", s.contiguous(), w, b, backend="reference", **kw)
+    assert out.dtype == s.dtype and out.shape == want.shape
+    assert max_err(out, want) <= 1e-10
+    for got, ref in zip(grads, want_grads):
+        assert (got is None) == (ref is None)
+        if ref is not None:
+            assert max_err(got, ref) <= 1e-10
+    return out, grads
+
+
+@pytest.mark.parametrize("name", GROUPS)
+def test_matches_reference(name):
+    s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=4, H=7)
+    _assert_matches_reference(s, w, b, group=name, padding=1)
+
+
+@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding=(1, 2, 0, 1)), dict(padding="same", dilation=2),
+                                  dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2)), dict(padding="valid")])
+@pytest.mark.parametrize("name", ["C4", "D4", "C8"])
+def test_stride_padding_dilation(name, conv):
+    s, w, b = make_problem("group_conv", name, B=2, C_in=2, C_out=3, H=9, k=3)
+    _assert_matches_reference(s, w, b, group=name, **conv)
+
+
+@pytest.mark.parametrize("name", ["C4", "D4"])
+@pytest.mark.parametrize("conv", [dict(padding=1), dict(stride=2, padding=(1, 2, 0, 1))])
+def test_channels_last_keeps_its_layout(name, conv):
+    s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=2, H=8)
+    out, grads = _assert_matches_reference(to_channels_last(s), w, b, group=name, **conv)
+    assert is_channels_last(out) and is_channels_last(grads[0])
+
+
+def test_field_major_input_and_no_bias():
+    s, w, _ = make_problem("group_conv", "C8", B=2, C_in=3, C_out=2, H=6)
+    _assert_matches_reference(s.transpose(1, 2).contiguous().transpose(1, 2), w, None, group="C8", padding=1)
+
+
+def test_gradient_masks():
+    s, w, b = make_problem("group_conv", "D4", H=6)
+    for needs in ((True, False, False), (False, True, False), (False, False, True)):
+        leaves = [t.clone().requires_grad_(need) for t, need in zip((s, w, b), needs)]
+        refs = [t.clone().requires_grad_(need) for t, need in zip((s, w, b), needs)]
+        equifast.group_conv(*leaves, group="D4", padding=1, backend="fourier").square().sum().backward()
+        equifast.group_conv(*refs, group="D4", padding=1, backend="reference").square().sum().backward()
+        for t, r in zip(leaves, refs):
+            assert (t.grad is None) == (r.grad is None)
+            if r.grad is not None:
+                assert max_err(t.grad, r.grad) <= 1e-10
+
+
+def test_empty_batch():
+    s, w, b = make_problem("group_conv", "C4", B=0, H=6)
+    s.requires_grad_()
+    out = equifast.group_conv(s, w, b, group="C4", padding=1, backend="fourier")
+    assert out.shape == (0, 4, 4, 6, 6)
+    out.sum().backward()
+    assert s.grad.shape == s.shape
+
+
+def test_float32_matches_reference():
+    s, w, b = make_problem("group_conv", "C8", B=2, C_in=8, C_out=8, H=8, dtype=torch.float32)
+    out = equifast.group_conv(s, w, b, group="C8", padding=1, backend="fourier")
+    ref = equifast.group_conv(s.double(), w.double(), b.double(), group="C8", padding=1, backend="reference")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["C4", "D4", "C8"])
+def test_low_precision_flash_attention_rule(name, dtype):
+    """|fourier - fp32 reference| <= k |torch backend - fp32 reference| + 1e-3 on output and gradients:
+    k = 2 (flash-attention's rule) for float16, which runs in float32 on CPU and rounds once; k = 2.5 for
+    bfloat16, whose convolutions run in bfloat16 and round four times (the mixed input, the mixed
+    filters, the convolution's output, the output) where the dense bank rounds once: about 2x the
+    error in rms, measured up to 2.2x in max norm on these problems."""
+    factor = 2.0 if dtype == torch.float16 else 2.5
+    s, w, b = make_problem("group_conv", name, B=2, C_in=4, C_out=4, H=8, dtype=dtype)
+    go = torch.randn(2, groups.get(name).order, 4, 8, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out, grads = forward_backward("group_conv", s, w, b, grad_out=go, group=name, padding=1, backend="fourier")
+    peer, peer_grads = forward_backward("group_conv", s, w, b, grad_out=go, group=name, padding=1, backend="torch")
+    ref, ref_grads = forward_backward("group_conv", s.float(), w.float(), b.float(), grad_out=go.float(),
+                                      group=name, padding=1, backend="reference")
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    for what, got, p, r in zip(("output", "grad_s", "grad_weight", "grad_bias"), (out,) + grads,
+                               (peer,) + peer_grads, (ref,) + ref_grads):
+        allowed = factor * max_err(p, r) + 1e-3
+        assert max_err(got, r) <= allowed, f"{what}: error {max_err(got, r):.3e} > {allowed:.3e}"
+
+
+def test_autocast_runs_in_low_precision():
+    s, w, b = make_problem("group_conv", "C4", H=6, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = equifast.group_conv(s, w, b, group="C4", padding=1, backend="fourier")
+    assert out.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------
+# Autograd machinery
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["C4", "D4", "fourier-S3"])
+def test_gradcheck(name):
+    s, w, b = make_problem("group_conv", name, B=1, C_in=2, C_out=2, H=5)
+    f = lambda i, k, c: equifast.group_conv(i, k, c, group=name, stride=(2, 1), padding=1,  # noqa: E731
+                                            backend="fourier")
+    assert torch.autograd.gradcheck(f, tuple(t.requires_grad_() for t in (s, w, b)), eps=1e-6, atol=1e-5,
+                                    fast_mode=True)
+
+
+def test_opcheck():
+    s, w, b = make_problem("group_conv", "D4", B=2, C_in=2, C_out=3, H=6, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.equifast.group_conv.default,
+                          (s.requires_grad_(), w.requires_grad_(), b.requires_grad_(), "D4", [2, 1], [1, 1, 0, 1],
+                           [1, 1], "view", "fourier"))
+
+
+def test_compile_fullgraph_matches_eager():
+    s, w, b = make_problem("group_conv", "C8", B=2, C_in=3, C_out=4, H=6, dtype=torch.float32)
+    f = lambda i, k, c: equifast.group_conv(i, k, c, group="C8", padding=1, backend="fourier")  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in (s, w, b)]
+    out = compiled(*leaves)
+    out.square().sum().backward()
+    want, want_grads = forward_backward("group_conv", s, w, b, grad_out=2 * out.detach(), group="C8", padding=1,
+                                        backend="fourier")
+    torch.testing.assert_close(out.detach(), want)
+    for t, g in zip(leaves, want_grads):
+        torch.testing.assert_close(t.grad, g)
+
+
+# ------------------------------------------------------------------------------------------------
+# Equivariance, frames and refusals
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["C4", "D4", "C8", "fourier-S3"])
+def test_equivariant_under_the_regular_action(name):
+    group = groups.get(name)
+    s, w, b = make_problem("group_conv", name, B=1, C_in=2, C_out=3, H=7)
+    f = lambda t: equifast.group_conv(t, w, b, group=name, padding=1, backend="fourier")  # noqa: E731
+    for g in range(group.order):
+        assert max_err(f(group.act_regular(s, g)), group.act_regular(f(s), g)) <= 1e-10
+
+
+def test_canonical_frame_where_it_equals_the_view_frame():
+    """1x1 kernels are left unchanged by every rotation and flip: canonical = view, run exactly."""
+    s, w, b = make_problem("group_conv", "D4", H=6, k=1)
+    _assert_matches_reference(s, w, b, group="D4", frame="canonical")
+    s, w, b = make_problem("group_conv", "fourier-S3", H=6, k=3)     # trivial image action
+    _assert_matches_reference(s, w, b, group="fourier-S3", frame="canonical", padding=1)
+
+
+def test_canonical_frame_is_refused_clearly_and_auto_falls_back():
+    s, w, b = make_problem("group_conv", "C4", H=6)
+    with pytest.raises(RuntimeError, match=r"group_conv: backend 'fourier' does not support this call: "
+                                           r"fourier: frame='canonical' is supported only where"):
+        equifast.group_conv(s, w, b, group="C4", padding=1, frame="canonical", backend="fourier")
+    plan = check_group(s, w, b, "C4", 1, 1, 1, "canonical")
+    assert equifast.backends.resolve("auto", plan, s, w, "group_conv").NAME != "fourier"
+    out = equifast.group_conv(s, w, b, group="C4", padding=1, frame="canonical")
+    ref = equifast.group_conv(s, w, b, group="C4", padding=1, frame="canonical", backend="reference")
+    assert max_err(out, ref) <= 1e-10
+
+
+def test_lift_conv_is_refused_clearly():
+    x, w, b = make_problem("lift_conv", "C4", H=6)
+    with pytest.raises(RuntimeError, match=r"lift_conv: backend 'fourier' does not support this call: "
+                                           r"fourier: lift_conv is not supported"):
+        equifast.lift_conv(x, w, b, group="C4", padding=1, backend="fourier")
+    ok, reason = fourier.supports(check_group(*make_problem("group_conv", "C4", H=6), "C4", 1, 1, 1, "view"),
+                                  x, w)
+    assert not ok and "lifting convolution has no sum over the group" in reason
+
+
+def test_bad_arguments_are_reported_by_the_op():
+    s, w, b = make_problem("group_conv", "C4", H=6)
+    with pytest.raises(ValueError, match="group axis of size 4"):
+        equifast.group_conv(s, w, b, group="D4", backend="fourier")
