@@ -191,7 +191,8 @@ def markdown(env, rows) -> str:
              f"Command: `{env['command']}`", "",
              f"Machine: {env['cpu']} ({env['cpu_count']} cores, shared), torch {env['torch']}, "
              f"python {env['python']}, equifast {env['equifast']} at {env['git_commit'][:10]}, "
-             f"{'escnn ' + env['escnn'] if env['escnn'] else 'escnn NOT installed: ' + env['escnn_error']}; "
+             f"{'escnn ' + env['escnn'] if env['escnn'] else 'escnn NOT installed: ' + env['escnn_error']}, "
+             f"numpy {env['numpy']}; "
              f"torch threads: 1; load average before {env['loadavg_start']}, after {env['loadavg_end']}.", "",
              "Network: lift 1->16 k5, group convs 16->32->32->32 k3, BN + ReLU after each, 2x2 max pools after "
              "the second and fourth conv, GroupPool, global average pool, Linear(32, 10); 28x28 inputs. "
@@ -202,6 +203,12 @@ def markdown(env, rows) -> str:
     lines.append("|---|---|" + "---|" * len(names))
     for r in rows:
         lines.append(f"| {r['group']} | {r['batch']} | " + " | ".join(f"{r['median_ms'][n]:.3f}" for n in names) + " |")
+    lines += ["", "Spread of the samples (20th - 80th percentile, ms):", ""]
+    lines.append("| group | batch | " + " | ".join(names) + " |")
+    lines.append("|---|---|" + "---|" * len(names))
+    for r in rows:
+        lines.append(f"| {r['group']} | {r['batch']} | " + " | ".join(
+            f"{r['p20_p80_ms'][n][0]:.3f} - {r['p20_p80_ms'][n][1]:.3f}" for n in names) + " |")
     lines += ["", "Speed-ups (ratio of medians, > 1 means the first is faster):", ""]
     keys = list(_speedups(rows[0]))
     lines.append("| group | batch | " + " | ".join(keys) + " |")
@@ -209,7 +216,9 @@ def markdown(env, rows) -> str:
     for r in rows:
         s = _speedups(r)
         lines.append(f"| {r['group']} | {r['batch']} | " + " | ".join(f"{s[k]:.2f}x" for k in keys) + " |")
-    lines += ["", "Max |output difference| to the reference "
+    lines += ["", "`equifast op` differs from `equifast eval` only in the conv layers (the ops, re-expanding the "
+              "filters on every call, instead of the cached banks); both pool copies through channels_last.",
+              "", "Max |output difference| to the reference "
               f"({'escnn eval' if env['escnn'] else 'equifast op'}):", ""]
     for r in rows:
         d = ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff_vs_reference"].items())
@@ -226,7 +235,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     date = datetime.datetime.now(datetime.timezone.utc)
     env = {"date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+           "command": " ".join([os.path.relpath(sys.executable, os.path.dirname(os.path.dirname(
+               os.path.abspath(__file__))))] + sys.argv),
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": 1,
            "python": platform.python_version(), "torch": torch.__version__, "equifast": equifast.__version__,
            "escnn": ESCNN, "escnn_error": ESCNN_ERROR, "numpy": __import__("numpy").__version__,
