@@ -17,7 +17,7 @@ from .. import _limits
 
 NAMES = ("reference", "torch", "triton", "cuda", "cpu", "fourier")
 MODULES: Dict[str, str] = {name: f"equifast.backends.{name}" for name in NAMES}  # backend name = module name
-AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("fourier", "cpu", "torch")}
 ENV_VAR = "EQUIFAST_BACKEND"
 
 _loaded: Dict[str, object] = {}

@@ -51,9 +51,25 @@ def supports(plan, x, weight):
     return True, ""
 
 
+# ``auto`` takes fourier where bench/fourier_group_conv.py measured it faster than the dense bank on CPU
+# (bench/results/fourier-*/): kernels of at least 3x3, groups of order >= 4, and layers whose dense
+# forward is at least MIN_DENSE_FLOP (below that the group-axis mixes and extra calls eat the gain;
+# 1x1 kernels never gain enough)
+MIN_DENSE_FLOP = 4e8
+
+
+def dense_flop(plan, x, weight) -> float:
+    """Multiply-adds x 2 of the dense bank's forward for this call."""
+    n = plan.order
+    C_out, _, C_in, kh, kw = weight.shape
+    Ho, Wo = plan.out_size(x.shape[-2], x.shape[-1], kh, kw)
+    return 2.0 * x.shape[0] * Ho * Wo * (n * C_out) * (n * C_in) * kh * kw
+
+
 def preferred(plan, x, weight):
-    return True
+    kh, kw = weight.shape[-2:]
+    return x.device.type == "cpu" and plan.order >= 4 and kh * kw >= 9 and dense_flop(plan, x, weight) >= MIN_DENSE_FLOP
 
 
-__all__ = ["NAME", "INDEX_BITS", "availability", "supports", "preferred", "group_conv_forward",
+__all__ = ["NAME", "INDEX_BITS", "MIN_DENSE_FLOP", "availability", "supports", "preferred", "dense_flop", "group_conv_forward",
            "group_conv_backward"]

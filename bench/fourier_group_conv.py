@@ -1,0 +1,231 @@
+"""Benchmark of the ``fourier`` backend against the ``torch`` backend (the dense filter bank), CPU.
+
+Sections (each writes one JSON file under --out, plus a summary.md):
+
+* ``ops``: group_conv forward+backward, fourier vs torch, C4 / D4 / C8 / C16, 32->32 (B=8) and
+  64->64 (B=4) channels on 32x32, 3x3, padding 1, float32, 1 and 2 threads;
+* ``sweep``: small shapes (C4 / D4, 4-32 channels, 8x8-32x32, 3x3 and 1x1) at 1 thread, from which
+  ``equifast.backends.fourier.preferred`` (what ``auto`` takes) is set;
+* ``memory``: extra peak resident memory of one forward+backward, each contender in its own process;
+* ``networks``: one SGD training step of ResGCNN (C4, D4; widths 32/64/128) and of Figure3Net on 8x8
+  digit-sized inputs, with every op on backend="auto" vs backend="torch".
+
+Contenders are interleaved round by round (``equifast.benchmark.timing.compare``), medians reported.
+The machine is shared: the load average is recorded before and after every section.
+
+    .venv/bin/python bench/fourier_group_conv.py --out bench/results/fourier-<date> [--sections ops,sweep,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import equifast
+from equifast.benchmark.timing import compare
+
+OP_CASES = [(g, c, b) for g in ("C4", "D4", "C8", "C16") for c, b in ((32, 8), (64, 4))]
+
+
+def machine():
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "mkldnn": torch.backends.mkldnn.is_available(), "platform": platform.platform(),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+
+
+def load():
+    return os.getloadavg()
+
+
+def op_callable(backend, group, C_in, C_out, B, HW, k=3, dtype=torch.float32):
+    n = equifast.groups.get(group).order
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(B, n, C_in, HW, HW, generator=gen, dtype=dtype).requires_grad_()
+    w = (torch.randn(C_out, n, C_in, k, k, generator=gen, dtype=dtype) / (n * C_in * k * k) ** 0.5).requires_grad_()
+    go = torch.randn(B, n, C_out, HW, HW, generator=gen, dtype=dtype)
+
+    def run():
+        out = equifast.group_conv(s, w, None, group=group, padding=k // 2, backend=backend)
+        torch.autograd.grad(out, (s, w), go)
+    return run
+
+
+def ops(args):
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for group, C, B in OP_CASES:
+            st = compare({be: op_callable(be, group, C, C, B, 32) for be in ("torch", "fourier")}, "cpu",
+                         repeat=args.repeat, budget_s=args.budget)
+            row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads,
+                   "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3,
+                   "samples": st["torch"]["samples"], "load": load()}
+            row["speedup"] = row["torch_ms"] / row["fourier_ms"]
+            rows.append(row)
+            print(f"ops t={threads} {group} {C}->{C} B={B}: torch {row['torch_ms']:.1f} ms, fourier "
+                  f"{row['fourier_ms']:.1f} ms, x{row['speedup']:.2f}  (load {row['load'][0]:.1f})", flush=True)
+    torch.set_num_threads(1)
+    return rows
+
+
+SWEEP = [(g, c, b, hw, k) for g in ("C4", "D4") for c in (4, 8, 16, 32) for b, hw in ((8, 8), (1, 16), (8, 16), (1, 32))
+         for k in (3, 1)]
+
+
+def sweep(args):
+    torch.set_num_threads(1)
+    rows = []
+    for group, C, B, HW, k in SWEEP:
+        st = compare({be: op_callable(be, group, C, C, B, HW, k) for be in ("torch", "fourier")}, "cpu",
+                     repeat=args.repeat, budget_s=min(args.budget, 2.0))
+        n = equifast.groups.get(group).order
+        row = {"group": group, "C": C, "B": B, "HW": HW, "k": k, "dense_mflop": 2 * B * HW * HW * (n * C) ** 2 * k * k / 1e6,
+               "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3}
+        row["speedup"] = row["torch_ms"] / row["fourier_ms"]
+        rows.append(row)
+        print(f"sweep {group} C={C} B={B} {HW}x{HW} k={k} ({row['dense_mflop']:.0f} MFLOP dense fwd): "
+              f"x{row['speedup']:.2f}", flush=True)
+    return rows
+
+
+def _peak_child(backend, group, C, B):
+    torch.set_num_threads(1)
+    run = op_callable(backend, group, C, C, B, 32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_peak_mib": (after - before) / 1024}))
+
+
+def memory(args):
+    rows = []
+    for group, C, B in OP_CASES:
+        row = {"group": group, "C": C, "B": B}
+        for be in ("torch", "fourier"):
+            out = subprocess.run([sys.executable, __file__, "--peak-child", be, group, str(C), str(B)],
+                                 capture_output=True, text=True, check=True)
+            row[be + "_mib"] = json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mib"]
+        rows.append(row)
+        print(f"memory {group} {C}->{C} B={B}: extra peak RSS torch {row['torch_mib']:.0f} MiB, "
+              f"fourier {row['fourier_mib']:.0f} MiB", flush=True)
+    return rows
+
+
+class _Invariant(torch.nn.Module):
+    """Figure3Net's invariant class scores [B, 10] as the forward."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.invariant(x)
+
+
+def _train_step(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def networks(args):
+    from equifast import models
+    rows = []
+    torch.set_num_threads(1)
+    nets = [("ResGCNN", g, dict(widths=(32, 64, 128)), (8, 3, 32, 32)) for g in ("C4", "D4")] + \
+           [("Figure3Net", g, dict(), (32, 1, 8, 8)) for g in ("C4", "D4")]
+    for name, group, kw, shape in nets:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen)
+        steps = {}
+        for be in ("torch", "auto"):
+            torch.manual_seed(0)
+            model = getattr(models, name)(group=group, backend=be, **kw)
+            if name == "Figure3Net":
+                model = _Invariant(model)
+            y = torch.randint(0, 10, (shape[0],), generator=gen)
+            steps[be] = _train_step(model, x, y)
+        st = compare(steps, "cpu", repeat=args.repeat, budget_s=args.budget * 2)
+        row = {"net": name, "group": group, "input": list(shape), "kwargs": {k: list(v) for k, v in kw.items()},
+               "torch_ms": st["torch"]["median_s"] * 1e3, "auto_ms": st["auto"]["median_s"] * 1e3, "load": load()}
+        row["speedup"] = row["torch_ms"] / row["auto_ms"]
+        rows.append(row)
+        print(f"network {name} {group} {shape}: torch {row['torch_ms']:.1f} ms, auto {row['auto_ms']:.1f} ms, "
+              f"x{row['speedup']:.2f}", flush=True)
+    return rows
+
+
+def summary(results, meta):
+    lines = [f"# fourier vs torch backend (CPU)", "", f"- command: `{meta['command']}`",
+             f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: load averages recorded "
+             f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}", ""]
+    if "ops" in results:
+        lines += ["## group_conv forward+backward, float32, 32x32, 3x3 (medians, interleaved)", "",
+                  "| group | C_in->C_out | B | threads | torch ms | fourier ms | speedup | load (1 min) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['group']} | {r['C']}->{r['C']} | {r['B']} | {r['threads']} | {r['torch_ms']:.1f} | "
+                  f"{r['fourier_ms']:.1f} | {r['speedup']:.2f}x | {r['load'][0]:.1f} |" for r in results["ops"]]
+        lines.append("")
+    if "memory" in results:
+        lines += ["## extra peak RSS of one forward+backward (1 thread, own process)", "",
+                  "| group | C | B | torch MiB | fourier MiB |", "|---|---|---|---|---|"]
+        lines += [f"| {r['group']} | {r['C']} | {r['B']} | {r['torch_mib']:.0f} | {r['fourier_mib']:.0f} |"
+                  for r in results["memory"]]
+        lines.append("")
+    if "networks" in results:
+        lines += ["## training step (forward, cross-entropy, backward, SGD), 1 thread", "",
+                  "| network | group | input | torch ms | auto ms | speedup |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['net']} {r['kwargs'] or ''} | {r['group']} | {r['input']} | {r['torch_ms']:.1f} | "
+                  f"{r['auto_ms']:.1f} | {r['speedup']:.2f}x |" for r in results["networks"]]
+        lines.append("")
+    if "sweep" in results:
+        lines += ["## small shapes, 1 thread (sets `preferred`)", "",
+                  "| group | C | B | HxW | k | dense fwd MFLOP | torch ms | fourier ms | speedup |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['group']} | {r['C']} | {r['B']} | {r['HW']} | {r['k']} | {r['dense_mflop']:.0f} | "
+                  f"{r['torch_ms']:.2f} | {r['fourier_ms']:.2f} | {r['speedup']:.2f}x |" for r in results["sweep"]]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--peak-child":
+        _peak_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--sections", default="ops,memory,networks,sweep")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--budget", type=float, default=10.0, help="seconds per comparison (at least 3 rounds)")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    meta = machine()
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results = {}
+    for section in args.sections.split(","):
+        before = load()
+        results[section] = globals()[section](args)
+        with open(os.path.join(args.out, f"{section}.json"), "w") as f:
+            json.dump({"machine": meta, "load_before": before, "load_after": load(), "rows": results[section]}, f,
+                      indent=1)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(summary(results, meta))
+
+
+if __name__ == "__main__":
+    main()
