@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 STUDY_ARGS ?=
 
-.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-test sanitize sanitize-cpu clean
+.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-static-check gpu-test sanitize sanitize-cpu clean
 
 $(VENV)/.deps-stamp: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench: setup
 # Compiles the CUDA sources with torch 2.14.1's CUDA build and the machine's nvcc (no GPU needed).
 cuda-compile-check:
 	bash tools/cuda_compile_check.sh
+
+# Compiles every Triton kernel for sm_90 (no GPU needed) over the benchmark shapes and autotuning
+# configs and reads the SASS; fails on a compile error, a forward spill or an unlaunchable config.
+# STATIC_ARGS="--subset" is the CI subset (a few minutes); "--out DIR" writes report.md/report.json.
+gpu-static-check: setup
+	$(PY) tools/gpu_static_check.py $(STATIC_ARGS)
 
 # On a machine with a GPU and torch already installed (the lent device): build and run the GPU tests.
 gpu-test:

@@ -113,29 +113,74 @@ def dot_precision(dtype: torch.dtype) -> str:
 INTERPRETER_META = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128)  # few, large programs: the interpreter pays per op
 
 
+SHARED_MEMORY = 227 * 1024   # the most shared memory one block can get on sm_90 (H100/H200)
+
+
+def _configs(rows):
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in rows]
+
+
 def gemm_configs():
-    """Autotuning space of the implicit-GEMM kernels on a GPU (tiles over rows x columns, K step)."""
-    cfgs = []
-    for bm, bn, bk, warps, stages in (
-            (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4),
-            (64, 128, 32, 4, 3), (128, 64, 64, 8, 3), (256, 64, 32, 8, 3), (64, 32, 32, 2, 4),
-            (32, 32, 32, 2, 2), (128, 16, 32, 4, 3), (64, 64, 32, 4, 2), (128, 64, 32, 8, 2),
-            (64, 128, 32, 4, 2)):
-        cfgs.append(triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages))
-    return cfgs
+    """Autotuning space of the backward implicit-GEMM kernels on a GPU (tiles over rows x
+    columns, K step): no duplicates; ``prune_configs`` drops what cannot launch."""
+    return _configs((
+        (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4),
+        (64, 128, 32, 4, 3), (128, 64, 64, 8, 3), (256, 64, 32, 8, 3), (64, 32, 32, 2, 4),
+        (32, 32, 32, 2, 2), (128, 16, 32, 4, 3), (64, 64, 32, 4, 2), (128, 64, 32, 8, 2),
+        (64, 128, 32, 4, 2)))
+
+
+def forward_configs():
+    """Autotuning space of the forward GEMM (``_forward``): BLOCK_K 16 / 32 for the flattened tiny K
+    of image lifts, 32 / 64 with 3-4 stages for the (tap, channel block) walk of deep lifts and
+    group convs, wide N for the folded n·C_out columns. ``prune_configs`` keeps the ones of a walk."""
+    return _configs((
+        (128, 32, 16, 4, 2), (128, 64, 16, 4, 2), (128, 128, 16, 8, 2), (64, 128, 16, 4, 2),
+        (64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3),
+        (128, 256, 32, 8, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
+        (64, 64, 64, 4, 4)))
+
+
+def shared_bytes(config, itemsize: int) -> int:
+    """Shared memory the pipelined A and B tiles of ``config`` need (num_stages copies of each)."""
+    m = config.kwargs
+    return config.num_stages * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] * itemsize
+
+
+def prune_configs(configs, args):
+    """The configs the autotuner tries for a launch with arguments ``args`` (name -> value): the
+    pipelined tiles fit in shared memory (the rest could not launch) and, for the forward GEMM, the
+    tile suits its K walk (flattened: BLOCK_M·BLOCK_K <= 2048 and BLOCK_N <= 128; tap walk:
+    BLOCK_K >= 32 and BLOCK_N·BLOCK_K <= 8192: the configs tools/gpu_static_check.py found
+    spill-free and fastest by its model)."""
+    itemsize = next(v for v in args.values() if hasattr(v, "element_size")).element_size()
+    keep = [c for c in configs if shared_bytes(c, itemsize) <= SHARED_MEMORY - 8 * 1024]
+    if "TAP_MODE" in args:
+        if args["TAP_MODE"]:
+            keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 32 and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 8192]
+        else:
+            keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] <= 2048 and c.kwargs["BLOCK_N"] <= 128]
+    return keep
+
+
+def _prune(configs, named_args, **kwargs):
+    return prune_configs(configs, dict(named_args, **kwargs))
 
 
 _TUNED: Dict[object, object] = {}
 
 
-def launcher(kernel, key):
+def launcher(kernel, key, configs=gemm_configs):
     """The kernel to launch and the meta-parameters to pass: a single fixed config under the
-    interpreter (fast tests), an autotuned wrapper keyed on ``key`` (argument names) on a GPU."""
+    interpreter (fast tests), an autotuned wrapper keyed on ``key`` (argument names) over
+    ``configs()`` (pruned to what fits in shared memory) on a GPU."""
     if interpreting():
         return kernel, dict(INTERPRETER_META)
     tuned = _TUNED.get(kernel)
     if tuned is None:
-        tuned = triton.autotune(configs=gemm_configs(), key=list(key))(kernel)
+        tuned = triton.autotune(configs=configs(), key=list(key),
+                                prune_configs_by=dict(early_config_prune=_prune))(kernel)
         with _LOCK:
             _TUNED[kernel] = tuned
     return tuned, {}

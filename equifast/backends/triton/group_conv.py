@@ -1,17 +1,16 @@
-"""Fused Triton group convolution: forward, grad input, grad weight (one launch each).
+"""Fused Triton group convolution: forward, grad input, grad weight (one GEMM launch each).
 
 s: [B, n, C_in, H, W], w: [C_out, n, C_in, kh, kw] -> y: [B, n, C_out, H', W'], with
 p = i·sh - pt + a·dh, q = j·sw - pl + c·dw.
 
 view frame       y[b,g] = Σ_h conv2d(s[b, g·h], w[:, h])
 canonical frame  y[b,g] = Σ_h conv2d(s[b, h], act(w[:, g⁻¹·h], g))
-Both read, for output copy g and summation slot h, the input slot I[g][h] and the weight slot
-S[g][h] (view: I = g·h, S = h; canonical: I = h, S = g⁻¹·h), the canonical frame reading the
-weight taps through the gather table of act(·, g). The Cayley-table shift is folded into the
-index math: no shifted stack or permuted filter bank is materialised.
+Substituting s = g·h (view) both are y[b,g] = Σ_s conv2d(s[b, s], W[g, s]) with W[g, s] = w[:, g⁻¹·s]
+(view) or act(w[:, g⁻¹·s], g) (canonical).
 
-forward      implicit GEMM, rows = output pixels (b, i, j), columns = C_out,
-             K = (h, tap, ci) flattened (ci fastest); grid axis 1 = copy g.
+forward      ``_forward``: W built by a small pre-pass on the filters (``_forward.group_weight``),
+             one implicit GEMM with rows = output pixels, columns = (g, co) (N = n·C_out),
+             K = (s, tap, ci): the stack is read once for all n copies.
 grad input   gs[b,h'] = Σ_g conv_transpose(dy[b, g], W_g) with weight slot g⁻¹·h' in both frames
              (canonical: acted by g). Rows = input pixels, columns = C_in, K = (g, tap, co), in
              gather form (no atomics); grid axis 1 = input slot h'.
@@ -27,48 +26,8 @@ import triton
 import triton.language as tl
 
 from . import _common as C
+from . import _forward as F
 from ._common import adjoint_tap, gather_taps, pixel_bij, tile_2d, transposed_tap
-
-
-@triton.jit
-def _group_conv_forward_kernel(s_ptr, w_ptr, bias_ptr, y_ptr, islot, wslot, ktab, kwt,
-                      n, C_in, H, W, C_out, Ho, Wo, KW, KK,
-                      ssb, ssg, ssc, ssh, ssw, syb, syg, syc, syh, syw,
-                      sh, sw, pt, pl, dh, dw, M, K,
-                      W_MAP: tl.constexpr, TK: tl.constexpr, WEIGHTED: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
-    g = tl.program_id(1)
-    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_out, BLOCK_M, BLOCK_N)
-    bb, ii, jj = pixel_bij(rm, Ho, Wo)
-    s_row = (s_ptr + bb.to(tl.int64) * ssb)[:, None]
-    i0 = ii * sh - pt
-    j0 = jj * sw - pl
-    KC = KK * C_in
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        h = rk // KC
-        tap = (rk % KC) // C_in
-        ci = rk % C_in
-        src_slot = tl.load(islot + g * n + h, mask=k_ok, other=0)
-        w_slot = tl.load(wslot + g * n + h, mask=k_ok, other=0)
-        p = i0[:, None] + ((tap // KW) * dh)[None, :]
-        q = j0[:, None] + ((tap % KW) * dw)[None, :]
-        ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-        a = tl.load(s_row + ((src_slot * ssg + ci * ssc)[None, :] + p * ssh + q * ssw), mask=ok, other=0.0)
-        w_ok = k_ok[:, None] & n_ok[None, :]
-        tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
-        b = gather_taps(w_ptr, (rn * (n * KC))[None, :] + (w_slot * KC + ci * KK)[:, None], tap2, w_ok,
-                        ktab, kwt, g, KK, W_MAP, TK, WEIGHTED)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_row = y_ptr + bb.to(tl.int64) * syb + (g * syg + ii * syh + jj * syw)
-    tl.store(y_row[:, None] + (rn * syc)[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -154,18 +113,13 @@ def _group_conv_backward_weight_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt
 # ---------------------------------------------------------------------------
 # Host wrappers
 # ---------------------------------------------------------------------------
-def _slot_tables(group, frame, device):
+def _slot_tables(group, device):
+    """Slot maps of the backward kernels: bx[h'][g] = g⁻¹·h' (weight slot of grad input slot h'),
+    bw[g][k] = g·k (input slot of grad weight slot k); the same in both frames."""
     n, cay, inv = group.order, group.cayley, group.inverse
-    if frame == "view":
-        islot = [[cay[g][h] for h in range(n)] for g in range(n)]
-        wslot = [[h for h in range(n)] for g in range(n)]
-    else:
-        islot = [[h for h in range(n)] for g in range(n)]
-        wslot = [[cay[inv[g]][h] for h in range(n)] for g in range(n)]
-    bx = [[cay[inv[g]][hp] for g in range(n)] for hp in range(n)]     # [h'][g]: weight slot g⁻¹·h'
-    bw = [[cay[g][k] for k in range(n)] for g in range(n)]            # [g][k]: input slot g·k
-    return {name: C.int_table(t, device) for name, t in
-            (("islot", islot), ("wslot", wslot), ("bx", bx), ("bw", bw))}
+    bx = [[cay[inv[g]][hp] for g in range(n)] for hp in range(n)]
+    bw = [[cay[g][k] for k in range(n)] for g in range(n)]
+    return {"bx": C.int_table(bx, device), "bw": C.int_table(bw, device)}
 
 
 def _kernel_map(plan, kh, kw, device, transposed):
@@ -180,26 +134,17 @@ def _out_stack(s, shape):
 
 
 def group_conv_forward(s, weight, bias, plan):
+    """One GEMM launch (``_forward``): the Cayley shift (and, canonical, the act on the filters)
+    folded into the filters by a small pre-pass, so all n copies are N = n·C_out columns over
+    K = (slot, tap, ci) and the stack is read once."""
     B, n, C_in, H, W = s.shape
     C_out, _, _, kh, kw = weight.shape
     Ho, Wo = plan.out_size(H, W, kh, kw)
     y = _out_stack(s, (B, n, C_out, Ho, Wo))
-    M, K = B * Ho * Wo, n * kh * kw * C_in
-    if M == 0 or C_out == 0:
+    if B * Ho * Wo == 0 or C_out == 0:
         return y.zero_()
-    weight = weight.contiguous()
-    slots = _slot_tables(plan.group, plan.frame, s.device)
-    (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
-    (sh, sw), (dh, dw) = plan.stride, plan.dilation
-    pt, _, pl, _ = plan.padding
-    kernel, meta = C.launcher(_group_conv_forward_kernel, ("M", "K", "C_out", "W_MAP", "WEIGHTED"))
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
-    kernel[grid](s, weight, bias if bias is not None else weight, y, slots["islot"], slots["wslot"], ktab, kwt,
-                 n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
-                 *s.stride(), *y.stride(), sh, sw, pt, pl, dh, dw, M, K,
-                 W_MAP=w_map, TK=ktab.shape[-1] if w_map else 1, WEIGHTED=not plan.group.exact,
-                 HAS_BIAS=bias is not None, PREC=C.dot_precision(s.dtype), **meta)
-    return y
+    w_k = F.group_weight(weight, plan)
+    return F.conv_forward(s, w_k, bias, y, [(s.stride(3), s.stride(4), 0)], 1, plan, C_out, kh, kw)
 
 
 def group_conv_backward(grad_out, s, weight, plan, output_mask):
@@ -211,7 +156,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
     pt, _, pl, _ = plan.padding
     prec = C.dot_precision(s.dtype)
     weighted = not plan.group.exact
-    slots = _slot_tables(plan.group, plan.frame, s.device)
+    slots = _slot_tables(plan.group, s.device)
     gs = gw = None
     if output_mask[0]:
         gs = _out_stack(s, s.shape)

@@ -8,9 +8,12 @@ view frame       y[b,g,co,i,j] = Σ_{ci,a,c} w[co,ci,a,c] · X_g[b,ci,p,q],   X_
                  the rotated view is read through the group's gather table, never materialised.
 canonical frame  y[b,g] = conv2d(x, act(w, g)), act(w, g)[tap] = Σ_t T[g][tap,t] · w[index[g][tap,t]].
 
-Implicit GEMM per program: rows = output pixels (b, i, j), columns = C_out, reduction over K,
-``tl.dot`` on tiles of the input dtype with float32 accumulation; grid axis 1 = group copy g, so
-all n copies come from one launch and land directly in their slot of the output.
+forward      ``_forward``: one implicit GEMM launch, ``tl.dot`` on tiles of the input dtype with float32
+             accumulation. View frame: copy g (grid axis 1) reads X_g through affine strides
+             (exact rotations / flips: X_g[p, q] = x[off_g + p·sph_g + q·spw_g], no table) or,
+             for interpolated / other groups, from views precomputed by a gather pre-pass.
+             Canonical frame: the n acted filters act(w, g) (a small pre-pass) are N = n·C_out
+             columns of one GEMM, so x is read once for all copies.
 
 grad input   gx[b,ci,P] = Σ_g (adjoint of X_g)(conv_transpose(dy[:, g], w))[P]: rows = input
              pixels, columns = C_in, reduction over (g, adjoint taps t', kernel tap, C_out), in
@@ -29,44 +32,8 @@ import triton
 import triton.language as tl
 
 from . import _common as C
+from . import _forward as F
 from ._common import adjoint_tap, gather_pixels, gather_taps, pixel_bij, tile_2d, transposed_tap
-
-
-@triton.jit
-def _lift_conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, itab, iwt, ktab, kwt,
-                     C_in, H, W, C_out, Ho, Wo, KW, KK,
-                     sxb, sxc, sxh, sxw, syb, syg, syc, syh, syw,
-                     sh, sw, pt, pl, dh, dw, M, K,
-                     IN_MAP: tl.constexpr, TI: tl.constexpr, W_MAP: tl.constexpr, TK: tl.constexpr,
-                     WEIGHTED: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Offsets: 64-bit per row (the batch term), 32-bit inside one sample.
-    g = tl.program_id(1)
-    rm, rn, m_ok, n_ok = tile_2d(tl.program_id(0), M, C_out, BLOCK_M, BLOCK_N)
-    bb, ii, jj = pixel_bij(rm, Ho, Wo)
-    x_row = (x_ptr + bb.to(tl.int64) * sxb)[:, None]
-    i0 = ii * sh - pt
-    j0 = jj * sw - pl
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        tap = rk // C_in
-        ci = rk % C_in
-        p = i0[:, None] + ((tap // KW) * dh)[None, :]
-        q = j0[:, None] + ((tap % KW) * dw)[None, :]
-        ok = m_ok[:, None] & k_ok[None, :] & (p >= 0) & (p < H) & (q >= 0) & (q < W)
-        a = gather_pixels(x_row, (ci * sxc)[None, :], p, q, ok, itab, iwt, g, H, W, sxh, sxw, IN_MAP, TI, WEIGHTED)
-        w_ok = k_ok[:, None] & n_ok[None, :]
-        tap2 = tl.broadcast_to(tap[:, None], (BLOCK_K, BLOCK_N))
-        b = gather_taps(w_ptr, (rn * (C_in * KK))[None, :] + (ci * KK)[:, None], tap2, w_ok, ktab, kwt, g, KK,
-                        W_MAP, TK, WEIGHTED)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_row = y_ptr + bb.to(tl.int64) * syb + (g * syg + ii * syh + jj * syw)
-    tl.store(y_row[:, None] + (rn * syc)[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -185,27 +152,31 @@ def _out_stack(x, B, n, C_out, Ho, Wo):
 
 
 def lift_conv_forward(x, weight, bias, plan):
+    """One GEMM launch (``_forward``): view frame = the n affine views of x (exact rotations /
+    flips) on grid axis 1, or views precomputed by a gather pre-pass (interpolated groups, other
+    permutations); canonical frame = the acted filters as N = n·C_out columns, x read once."""
     B, C_in, H, W = x.shape
     C_out, _, kh, kw = weight.shape
     n = plan.order
     Ho, Wo = plan.out_size(H, W, kh, kw)
     y = _out_stack(x, B, n, C_out, Ho, Wo)
-    M, K = B * Ho * Wo, kh * kw * C_in
-    if M == 0 or C_out == 0:
+    if B * Ho * Wo == 0 or C_out == 0:
         return y.zero_()
-    weight = weight.contiguous()
-    (itab, iwt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "fwd")
-    (sh, sw), (dh, dw) = plan.stride, plan.dilation
-    pt, _, pl, _ = plan.padding
-    kernel, meta = C.launcher(_lift_conv_forward_kernel, ("M", "K", "C_out", "IN_MAP", "W_MAP", "WEIGHTED"))
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_out, META["BLOCK_N"]), n)
-    kernel[grid](x, weight, bias if bias is not None else weight, y, itab, iwt, ktab, kwt,
-                 C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
-                 *x.stride(), *y.stride(), sh, sw, pt, pl, dh, dw, M, K,
-                 IN_MAP=in_map, TI=itab.shape[-1] if in_map else 1, W_MAP=w_map,
-                 TK=ktab.shape[-1] if w_map else 1, WEIGHTED=not plan.group.exact,
-                 HAS_BIAS=bias is not None, PREC=C.dot_precision(x.dtype), **meta)
-    return y
+    group = plan.group
+    if plan.frame == "canonical":
+        x5, copies, aff = x.unsqueeze(1), 1, [(x.stride(2), x.stride(3), 0)]
+        w_k = F.lift_weight(weight, plan, folded=n > 1)
+    else:
+        maps = F.affine_maps(group, H, W, group.inverse)                  # copy g reads act(x, g⁻¹)
+        if maps is not None:
+            x5, aff = x.unsqueeze(1), F.view_strides(maps, x.stride(2), x.stride(3))
+        else:
+            views = group.act_all(x, elements=list(group.inverse), dim=1)   # [B, n, C_in, H, W]
+            x5 = views[:, :1]
+            aff = [(views.stride(3), views.stride(4), g * views.stride(1)) for g in range(n)]
+        copies = n
+        w_k = F.lift_weight(weight, plan, folded=False)
+    return F.conv_forward(x5, w_k, bias, y, aff, copies, plan, C_out, kh, kw)
 
 
 def lift_conv_backward(grad_out, x, weight, plan, output_mask):

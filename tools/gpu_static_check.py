@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""Static sm_90 analysis of the Triton kernels: compiles without a GPU and reads the SASS.
+
+Every kernel is compiled for sm_90 (``triton.compile(..., target=GPUTarget("cuda", 90, 32))``)
+with exactly the arguments the backend's host functions pass for the benchmark shapes
+(``equifast.benchmark.cases.CASES``): the host functions run on ``meta`` tensors with the launcher
+replaced by a recorder, and each recorded launch is compiled once per autotuning config. The
+cubin is read with ``cuobjdump`` from Triton's own ``backends/nvidia/bin``. Reported per variant:
+registers, stack/spill instructions, shared memory, MMA kind (HGMMA/HMMA/FFMA), global load and
+store widths, the innermost MMA loop (instructions, integer share, integer-division sequences) and
+the modelled warp-instructions per output.
+
+Fails (exit 1) on a compile error, a spill (local-memory store) in a forward kernel of an exact
+group, or a config that needs more shared memory than sm_90 gives a block (227 KB).
+
+The "model" columns are static estimates, not measurements (see ``MODEL`` below for its
+assumptions). Works with Triton 3.6 (the GPU machine's) and 3.8.
+
+    python tools/gpu_static_check.py --out bench/results/static-<date>      # everything
+    python tools/gpu_static_check.py --subset                                 # CI: a few minutes
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED_LIMIT = 227 * 1024          # the most dynamic shared memory one block can get on sm_90
+
+# The issue-bound model (static; every number below is an assumption, not a measurement):
+# an H100 SXM (the peers below were measured on one): 132 SMs, 4 warp schedulers per SM, each
+# issuing one warp-instruction per cycle at 1.755 GHz; HBM at 3.35 TB/s of which 90% is reachable;
+# dense bf16/fp16 tensor cores at 990 TFLOP/s, tf32 at half of that. A kernel takes the largest
+# of (a) issue time: all warp-instructions of the grid (instructions outside the inner loop once
+# per outer trip, the inner loop body once per trip) spread evenly over all schedulers,
+# (b) memory time: compulsory bytes (input, weight, output once) at the reachable bandwidth,
+# (c) tensor-core time of the padded tiles; plus 3 us of launch latency. Ignored: stalls
+# (latency not hidden by other warps), tail effects of the last wave, L2 misses beyond compulsory
+# traffic, and the autotuner's choice (the best modelled config is taken).
+MODEL = dict(sms=132, schedulers=4, clock_hz=1.755e9, hbm_bytes_s=3.35e12 * 0.9,
+             mma_flops_s=990e12, launch_s=3e-6)
+
+# Forward timings of peer implementations measured on an H100 by the issue's author (ms): the
+# naive loop over group elements and filter rotation + cuDNN (one conv2d with n·C_out filters).
+PEERS_H100_MS = {
+    "mnist_c4_b1024": dict(naive=0.527, rotation_cudnn=0.262),
+    "cifar_c4": dict(naive=0.239, rotation_cudnn=0.090),
+    "imagenet_stem_c4": dict(naive=4.19, rotation_cudnn=2.87),
+    "deep_c4": dict(naive=0.309, rotation_cudnn=0.036),
+    "group_conv_c4": dict(naive=0.386, rotation_cudnn=0.180),
+}
+
+DTYPES = ("bfloat16", "float16", "float32")
+FRAMES = ("view", "canonical")
+LAYOUTS = ("contiguous", "channels_last")
+PASSES = ("forward", "backward")
+SUBSET = dict(cases=("mnist_c4_b1024", "cifar_d4", "deep_c4", "group_conv_c4", "cifar_c8_interp"),
+              dtypes=("bfloat16",), frames=("view",), layouts=("contiguous",), passes=PASSES)
+
+
+# ---------------------------------------------------------------------------
+# Recording the host functions' launches
+# ---------------------------------------------------------------------------
+class _Recorder:
+    """Stands in for ``_common.launcher``'s kernel: records (kernel, args, kwargs, grid, configs)."""
+    launches: list = []
+
+    def __init__(self, kernel, key, configs=None):
+        from equifast.backends.triton import _common
+        self.fn = kernel if hasattr(kernel, "params") else kernel.fn     # the JITFunction
+        self.configs = (configs or _common.gemm_configs)()
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _Recorder.launches.append((self.fn, args, kwargs, grid, self.configs))
+        return launch
+
+
+def record_launches(case, dtype_name, frame, layout, pass_):
+    """[(jit function, args, kwargs)] the triton backend launches for one benchmark call."""
+    import torch
+    from equifast._args import make_plan
+    from equifast.backends.triton import _common, group_conv, lift_conv
+    dtype = getattr(torch, dtype_name)
+    x = torch.empty(case.input_shape, device="meta", dtype=dtype)
+    w = torch.empty(case.weight_shape, device="meta", dtype=dtype)
+    if layout == "channels_last":
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    plan = make_plan(case.group, case.stride, case.pad, 1, frame, case.kernel, case.kernel, case.op)
+    mod = lift_conv if case.op == "lift_conv" else group_conv
+    saved = _common.launcher
+    _common.launcher = lambda kernel, key, configs=None: (_Recorder(kernel, key, configs), {})
+    _Recorder.launches = []
+    try:
+        if pass_ == "forward":
+            getattr(mod, f"{case.op}_forward")(x, w, None, plan)
+        else:
+            y = torch.empty(case.output_shape, device="meta", dtype=dtype)
+            if layout == "channels_last":
+                y = y.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+            getattr(mod, f"{case.op}_backward")(y, x, w, plan, (True, True, False))
+    finally:
+        _common.launcher = saved
+    return list(_Recorder.launches)
+
+
+def loop_trips(name, v, meta):
+    """(outer trips per program, innermost-loop trips per outer trip) of a launch, for the model;
+    ``v``: the launch's scalar arguments by name."""
+    bk = meta["BLOCK_K"]
+    cd = lambda a, b: -(-a // b)
+    if name == "_conv_forward_kernel":
+        steps = v["KH"] * v["KW"] * cd(v["C_in"], bk) if v["TAP_MODE"] else cd(v["KH"] * v["KW"] * v["C_in"], bk)
+        return v["S"], steps
+    if name.endswith("backward_weight_kernel"):
+        return v["n"] * v.get("TT", 1), cd(v["CHUNK"], bk)
+    if name == "_lift_conv_backward_input_kernel":
+        return v["n"] * v.get("TT", 1), cd(v["K"], bk)
+    return 1, cd(v["K"], bk)
+
+
+# ---------------------------------------------------------------------------
+# Compiling and reading SASS (runs in worker processes)
+# ---------------------------------------------------------------------------
+def _bin(tool):
+    import triton
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
+    return str(path)
+
+
+_LDST = re.compile(r"^(LDG|STG|LDGSTS|LDS|STS|LDSM|UTMALDG|UTMASTG|LDL|STL|ATOMG|RED)(\.|$)")
+_INT = re.compile(r"^(IMAD|IADD3|IADD|LOP3|LOP|SHF|SHL|SHR|LEA|SEL|ISETP|ICMP|IABS|IMNMX|VIMNMX|VIADD|"
+                  r"PRMT|I2F|F2I|FLO|POPC|BMSK|SGXT|IMUL|IMNMX|UIMAD|UIADD3|ULOP3|USHF|ULEA|USEL|UISETP|"
+                  r"UPRMT|UMOV|MOV|PLOP3|P2R|R2P|UPLOP3|ULDC|S2R|S2UR|CS2R)(\.|$)")
+
+
+def parse_sass(text):
+    """[(address, opcode with modifiers, operands)] of the (single) function in cuobjdump -sass."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if not m:
+            continue
+        body = m.group(2).strip()
+        body = re.sub(r"^@!?U?P[T0-9]+\s+", "", body)
+        parts = body.split(None, 1)
+        out.append((int(m.group(1), 16), parts[0], parts[1] if len(parts) > 1 else ""))
+    return out
+
+
+def _mma_kind(op):
+    for kind in ("HGMMA", "HMMA", "QGMMA", "IMMA"):
+        if op.startswith(kind):
+            return kind
+    return "FFMA" if op.startswith("FFMA") else None
+
+
+def analyse(instrs):
+    """Whole-kernel and innermost-MMA-loop statistics of parsed SASS."""
+    loops = []
+    for addr, op, args in instrs:
+        if op.startswith("BRA"):
+            m = re.search(r"0x([0-9a-f]+)", args)
+            if m and int(m.group(1), 16) <= addr:
+                loops.append((int(m.group(1), 16), addr))
+    by_addr = {a: (op, args) for a, op, args in instrs}
+    best = None
+    for lo, hi in loops:
+        body = [op for a, (op, _) in sorted(by_addr.items()) if lo <= a <= hi]
+        mma = [o for o in body if _mma_kind(o) in ("HGMMA", "HMMA", "QGMMA")]
+        score = (bool(mma), -len(body)) if mma else (False, sum(o.startswith("FFMA") for o in body))
+        if best is None or score > best[0]:
+            best = (score, lo, hi, body)
+    kinds = collections.Counter(k for _, op, _ in instrs if (k := _mma_kind(op)))
+    mma = next((k for k in ("HGMMA", "QGMMA", "HMMA") if kinds.get(k)), "FFMA" if kinds.get("FFMA") else "none")
+    width = lambda ops, prefix: dict(sorted(collections.Counter(
+        o for o in ops if o.split(".")[0] == prefix).items()))
+    all_ops = [op for _, op, _ in instrs]
+    res = dict(instructions=len(instrs), mma=mma,
+               local_stores=sum(o.startswith("STL") for o in all_ops),
+               local_loads=sum(o.startswith("LDL") for o in all_ops),
+               stores=width(all_ops, "STG"), tma_stores=sum(o.startswith("UTMASTG") for o in all_ops))
+    if best is None:
+        body = all_ops
+        res.update(loop=None)
+    else:
+        _, lo, hi, body = best
+        res.update(loop=[lo, hi])
+    res.update(loop_instructions=len(body),
+               loop_int=sum(bool(_INT.match(o)) for o in body),
+               # one quotient estimate (IMAD.HI) per integer division or modulo by a non-power-of-two
+               loop_div=sum(o.startswith("IMAD.HI") for o in body),
+               loop_mma=sum(_mma_kind(o) in ("HGMMA", "HMMA", "QGMMA") for o in body),
+               loop_ffma=sum(o.startswith("FFMA") for o in body),
+               loop_loads=width(body, "LDG"), loop_async=width(body, "LDGSTS"),
+               loop_tma=sum(o.startswith("UTMALDG") for o in body),
+               loop_local=sum(o.startswith(("LDL", "STL")) for o in body))
+    return res
+
+
+def compile_one(job):
+    """Compile one (kernel, specialisation, options) for sm_90 and analyse its SASS."""
+    import importlib
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    mod_name, fn_name, signature, constexprs, attrs, options = job
+    fn = getattr(importlib.import_module(mod_name), fn_name)
+    fn = fn if hasattr(fn, "params") else fn.fn
+    t0 = time.time()
+    try:
+        target = GPUTarget("cuda", 90, 32)
+        ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported
+        return dict(error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}")
+    seconds = time.time() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(ck.asm["cubin"])
+        usage = subprocess.run([_bin("cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
+        sass = subprocess.run([_bin("cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", usage)
+    regs, stack, _, local = (int(v) for v in m.groups()) if m else (None, None, None, None)
+    res = dict(registers=regs, stack=stack, local=local, shared=int(ck.metadata.shared),
+               compile_s=round(seconds, 2))
+    res.update(analyse(parse_sass(sass)))
+    return res
+
+
+def specialise(fn, args, kwargs):
+    """(signature, constexprs, attrs, options) as Triton's launcher would compute them for sm_90."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
+    return signature, constexprs, attrs, dict(options.__dict__), dict(bound)
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+def _variant_kind(fn):
+    name = fn.__name__.strip("_").replace("_kernel", "")
+    return name
+
+
+def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
+    from equifast.backends.triton import _common
+    variants, jobs = [], {}
+    for case in cases:
+        for dtype in dtypes:
+            for frame in frames:
+                for layout in layouts:
+                    for pass_ in passes:
+                        for fn, args, kwargs, grid, space in record_launches(case, dtype, frame, layout, pass_):
+                            if hasattr(_common, "prune_configs"):     # what the autotuner would try
+                                space = _common.prune_configs(space, dict(zip(fn.arg_names, args), **kwargs))
+                            if config_limit:
+                                space = space[:config_limit]
+                            for ci, cfg in enumerate(space):
+                                kw = dict(kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                sig, cx, attrs, opts, values = specialise(fn, args, kw)
+                                key = json.dumps([fn.__module__, fn.__name__, sig, sorted(map(str, cx.items())),
+                                                  sorted(map(str, attrs.items())), sorted(map(str, opts.items()))])
+                                jobs.setdefault(key, (fn.__module__, fn.__name__, sig, cx, attrs, opts))
+                                meta = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                scalars = {k: v for k, v in values.items() if isinstance(v, (int, bool, str))}
+                                g = grid(dict(values, **meta))
+                                meta["programs"] = math.prod(g)
+                                outputs = {"forward": case.output_shape, "backward_input": case.input_shape,
+                                           "backward_weight": case.weight_shape}
+                                kind = next((k for k in outputs if fn.__name__.endswith(k + "_kernel")), "forward")
+                                meta["outputs"] = math.prod(outputs[kind])
+                                meta["fn"] = fn.__name__
+                                variants.append(dict(case=case.name, op=case.op, group=case.group, dtype=dtype,
+                                                     frame=frame, layout=layout, pass_=pass_,
+                                                     kernel=_variant_kind(fn), config=ci, meta=meta,
+                                                     key=key, values=scalars))
+    return variants, jobs
+
+
+def model(variant, stats, case):
+    """Modelled time (s) of one launch; see MODEL."""
+    meta, v = variant["meta"], variant["values"]
+    outer, inner = loop_trips(meta["fn"], v, meta)
+    programs, outputs = meta["programs"], meta["outputs"]
+    body = stats["loop_instructions"]
+    rest = max(stats["instructions"] - body, 0)
+    per_program = (rest * outer + body * outer * inner) * meta["num_warps"]
+    issue = programs * per_program / (MODEL["sms"] * MODEL["schedulers"] * MODEL["clock_hz"])
+    itemsize = {"bfloat16": 2, "float16": 2, "float32": 4}[variant["dtype"]]
+    if variant["pass_"] == "forward":
+        memory = case.bytes("forward", itemsize) / MODEL["hbm_bytes_s"]
+    else:                               # half of the backward's compulsory traffic per kernel
+        memory = case.bytes("backward", itemsize) / 2 / MODEL["hbm_bytes_s"]
+    mma_rate = MODEL["mma_flops_s"] / (2 if itemsize == 4 else 1)
+    flops = 2 * programs * meta["BLOCK_M"] * meta["BLOCK_N"] * meta["BLOCK_K"] * inner * outer
+    mma = flops / mma_rate
+    return dict(issue_s=issue, memory_s=memory, mma_s=mma,
+                total_s=max(issue, memory, mma) + MODEL["launch_s"],
+                warp_instr_per_output=programs * per_program / max(outputs, 1))
+
+
+def run(args):
+    import triton
+    from equifast.benchmark.cases import CASES
+    by_name = {c.name: c for c in CASES}
+    if args.subset:
+        cases = [by_name[n] for n in SUBSET["cases"]]
+        dtypes, frames, layouts, passes = SUBSET["dtypes"], SUBSET["frames"], SUBSET["layouts"], SUBSET["passes"]
+        limit = args.configs or 0
+    else:
+        cases = [by_name[n] for n in args.cases] if args.cases else list(CASES)
+        dtypes, frames, layouts, passes = args.dtypes, args.frames, args.layouts, args.passes
+        limit = args.configs or 0
+    t0 = time.time()
+    variants, jobs = enumerate_jobs(cases, dtypes, frames, layouts, passes, limit)
+    print(f"{len(variants)} variants, {len(jobs)} distinct compiles (triton {triton.__version__}, "
+          f"{args.jobs} processes)", flush=True)
+    keys = list(jobs)
+    results = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for i, (key, res) in enumerate(zip(keys, pool.map(compile_one, [jobs[k] for k in keys]))):
+            results[key] = res
+            if (i + 1) % 25 == 0 or i + 1 == len(keys):
+                print(f"  compiled {i + 1}/{len(keys)} ({time.time() - t0:.0f} s)", flush=True)
+    failures = []
+    rows = []
+    for v in variants:
+        res = results[v["key"]]
+        row = {k: v[k] for k in ("case", "op", "group", "dtype", "frame", "layout", "pass_", "kernel", "config")}
+        row["tile"] = "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**v["meta"])
+        row.update(res)
+        if "error" in res:
+            failures.append(f"compile error: {row['kernel']} {row['case']} {row['dtype']} {row['frame']} "
+                            f"{row['layout']} {row['tile']}: {res['error']}")
+        else:
+            row.update(model(v, res, by_name[v["case"]]))
+            exact = by_name[v["case"]].group in ("C1", "C2", "C4", "D1", "D2", "D4")
+            if res["shared"] > SHARED_LIMIT:
+                failures.append(f"cannot launch ({res['shared']} B shared > {SHARED_LIMIT}): {row['kernel']} "
+                                f"{row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
+            if res["local_stores"] and exact and v["pass_"] == "forward":
+                failures.append(f"spill in a forward kernel ({res['local_stores']} STL, stack {res['stack']} B): "
+                                f"{row['kernel']} {row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
+        rows.append(row)
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                triton=triton.__version__, python=platform.python_version(), machine=platform.node(),
+                commit=_git("rev-parse", "--short", "HEAD"), dirty=bool(_git("status", "--porcelain", "--",
+                                                                              "equifast/backends/triton")),
+                command=" ".join([Path(sys.executable).name] + sys.argv), seconds=round(time.time() - t0, 1),
+                variants=len(variants), compiles=len(jobs), model=MODEL, shared_limit=SHARED_LIMIT)
+    return info, rows, failures
+
+
+def _git(*a):
+    try:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _fmt_w(d):
+    return " ".join(f"{k.replace('LDGSTS.E.BYPASS', 'cp.async').replace('LDG.E', 'LDG')}:{n}"
+                    for k, n in d.items()) or "-"
+
+
+def summarise(info, rows, failures):
+    """Markdown report: failures, per-kernel best config (by the model), forward estimates vs peers."""
+    ok = [r for r in rows if "error" not in r]
+    out = [f"# Static sm_90 analysis of the Triton kernels ({info['date']})", "",
+           f"Commit {info['commit']}{' (with uncommitted kernel changes)' if info['dirty'] else ''}, Triton "
+           f"{info['triton']}, Python {info['python']}; command `{info['command']}`; "
+           f"{info['variants']} variants, {info['compiles']} distinct compiles, {info['seconds']} s.",
+           "Compiled for `GPUTarget('cuda', 90, 32)` without a GPU; SASS read with cuobjdump. "
+           "**Everything marked 'model' is a static estimate, not a measurement** (assumptions below).", ""]
+    out += ["## Checks", ""]
+    spills = [r for r in ok if r["local_stores"]]
+    big = [r for r in ok if r["shared"] > SHARED_LIMIT]
+    out += [f"- compile errors: {sum('error' in r for r in rows)}",
+            f"- variants needing > 227 KB shared memory (cannot launch): {len(big)}",
+            f"- variants with local-memory stores (spills): {len(spills)} "
+            f"({sum(r['pass_'] == 'forward' for r in spills)} forward)",
+            f"- variants whose inner loop has integer-division sequences: "
+            f"{sum(r['loop_div'] > 0 for r in ok)} of {len(ok)} "
+            f"({sum(r['loop_div'] > 0 for r in ok if r['pass_'] == 'forward' and r['group'] != 'C8')} forward, exact group)",
+            f"- failures (exit status 1 if any): {len(failures)}", ""]
+    out += [f"  - {f}" for f in failures[:40]]
+    if len(failures) > 40:
+        out.append(f"  - ... {len(failures) - 40} more (JSON)")
+    out += ["", "## Best modelled config per kernel variant", "",
+            "loop = innermost MMA loop: instructions / integer share / division sequences (IMAD.HI quotient estimates); "
+            "loads: global load widths in that loop (LDG.U16 = 2 bytes per instruction, LDG.128 = 16, "
+            "cp.async = LDGSTS); instr/out = modelled warp-instructions per output element.", "",
+            "| case | dtype | frame | layout | kernel | tile | regs | spill STL | smem KB | MMA | loop instr | int % | div | loads in loop | stores | instr/out | model us |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = collections.defaultdict(list)
+    for r in ok:
+        groups[(r["case"], r["dtype"], r["frame"], r["layout"], r["pass_"], r["kernel"])].append(r)
+    best = {}
+    for key, rs in groups.items():
+        launchable = [r for r in rs if r["shared"] <= SHARED_LIMIT] or rs
+        b = min(launchable, key=lambda r: r["total_s"])
+        best[key] = b
+        loads = dict(b["loop_loads"], **b["loop_async"])
+        if b["loop_tma"]:
+            loads["TMA"] = b["loop_tma"]
+        out.append(f"| {b['case']} | {b['dtype']} | {b['frame']} | {b['layout']} | {b['kernel']} | {b['tile']} | "
+                   f"{b['registers']} | {b['local_stores']} | {b['shared'] / 1024:.0f} | {b['mma']} | "
+                   f"{b['loop_instructions']} | {100 * b['loop_int'] / max(b['loop_instructions'], 1):.0f} | "
+                   f"{b['loop_div']} | {_fmt_w(loads)} | {_fmt_w(b['stores'])} | "
+                   f"{b['warp_instr_per_output']:.2f} | {1e6 * b['total_s']:.1f} |")
+    out += ["", "## Forward: model vs peers measured on an H100", "",
+            "Peers (forward, ms, H100, measured by the issue's author): naive loop over group elements, "
+            "filter rotation + cuDNN. Ratio = peer time / modelled time (> 1: the model says faster). "
+            "Best modelled config and frame per case and dtype.", "",
+            "| case | dtype | kernel | frame/layout | model ms (issue / memory / MMA) | vs naive | vs rotation+cuDNN |",
+            "|---|---|---|---|---|---|---|"]
+    fwd = collections.defaultdict(list)
+    for key, b in best.items():
+        if key[4] == "forward":
+            fwd[(key[0], key[1])].append(b)
+    for (case, dtype), bs in sorted(fwd.items()):
+        b = min(bs, key=lambda r: r["total_s"])
+        peer = PEERS_H100_MS.get(case)
+        ms = 1e3 * b["total_s"]
+        ratios = (f"{peer['naive'] / ms:.2f}x", f"{peer['rotation_cudnn'] / ms:.2f}x") if peer else ("-", "-")
+        out.append(f"| {case} | {dtype} | {b['kernel']} | {b['frame']}/{b['layout']} | {ms:.3f} "
+                   f"({1e3 * b['issue_s']:.3f} / {1e3 * b['memory_s']:.3f} / {1e3 * b['mma_s']:.3f}) | "
+                   f"{ratios[0]} | {ratios[1]} |")
+    out += ["", "## Model (static, assumptions)", "",
+            "An H100 SXM: {sms} SMs x {schedulers} schedulers issuing 1 warp-instruction/cycle at {ghz} GHz; "
+            "HBM {bw} TB/s reachable; tensor cores {tf} TFLOP/s (bf16/fp16; tf32 half); {lat} us launch. "
+            "Time = max(issue, memory, MMA) + launch, with issue = all warp-instructions of the grid "
+            "(code outside the innermost MMA loop once per outer trip, the loop body once per K step) / "
+            "(SMs x schedulers x clock); memory = compulsory bytes (inputs, weight, output once); "
+            "MMA = FLOPs of the padded tiles. Not modelled: latency stalls, wave tails, cache misses "
+            "beyond compulsory traffic, the autotuner's actual choice (the best modelled config is shown)."
+            .format(sms=MODEL["sms"], schedulers=MODEL["schedulers"], ghz=MODEL["clock_hz"] / 1e9,
+                    bw=MODEL["hbm_bytes_s"] / 1e12, tf=MODEL["mma_flops_s"] / 1e12, lat=MODEL["launch_s"] * 1e6)]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    from equifast.benchmark.cases import CASES
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--subset", action="store_true", help="CI subset: 5 cases, bfloat16, view frame, contiguous")
+    p.add_argument("--cases", nargs="*", choices=[c.name for c in CASES])
+    p.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=DTYPES)
+    p.add_argument("--frames", nargs="*", default=list(FRAMES), choices=FRAMES)
+    p.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=LAYOUTS)
+    p.add_argument("--passes", nargs="*", default=list(PASSES), choices=PASSES)
+    p.add_argument("--configs", type=int, default=0, help="only the first N autotuning configs (0: all)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", help="folder for report.md and report.json")
+    args = p.parse_args(argv)
+    info, rows, failures = run(args)
+    md = summarise(info, rows, failures)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "report.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(args.out, "report.json"), "w") as f:
+            json.dump(dict(info=info, failures=failures, variants=rows), f, indent=1)
+        print(f"wrote {args.out}/report.md and report.json")
+    else:
+        print(md)
+    for f in failures:
+        print("FAIL:", f, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
