@@ -90,18 +90,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geom g, const T* __re
         const acc_t val = SMEM ? static_cast<acc_t>(plane[p])
                                : static_cast<acc_t>(xb[(p / g.W) * g.xs[3] + (p % g.W) * g.xs[4]]);
         const T* wk = wbase + hc * KK + u * g.kw + v;
-        if (nt == kOT) {
+        // fully unrolled with a guard (not a loop to nt), so acc stays in registers, not local memory
 #pragma unroll
-          for (int t = 0; t < kOT; ++t) acc[t] += static_cast<acc_t>(wk[t * K]) * val;
-        } else {
-          for (int t = 0; t < nt; ++t) acc[t] += static_cast<acc_t>(wk[t * K]) * val;
-        }
+        for (int t = 0; t < kOT; ++t)
+          if (t < nt) acc[t] += static_cast<acc_t>(wk[t * K]) * val;
       }
     }
   }
   if (!active) return;
   T* ob = out + b * os.s[0] + e * os.s[1] + i * os.s[3] + j * os.s[4];
-  for (int t = 0; t < nt; ++t) ob[(o0 + t) * os.s[2]] = static_cast<T>(acc[t]);
+#pragma unroll
+  for (int t = 0; t < kOT; ++t)
+    if (t < nt) ob[(o0 + t) * os.s[2]] = static_cast<T>(acc[t]);
 }
 
 // gx[b, h, c, p] = Σ_e Σ_{u, v} Σ_o gy[b, e, o, i, j] · Wg[e][o][k(h, c, u, v)] with (i, j) the output
@@ -170,7 +170,9 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Geom g, const T* 
     const acc_t val = static_cast<acc_t>(
         x[b * g.xs[0] + h * g.xs[1] + c * g.xs[2] + (pp / g.W) * g.xs[3] + (pp % g.W) * g.xs[4]]);
     const T* gyp = gy + ((b * g.n + e) * g.Co + o0) * HoWo + pix;
-    for (int t = 0; t < nt; ++t) acc[t] += static_cast<acc_t>(gyp[t * HoWo]) * val;
+#pragma unroll
+    for (int t = 0; t < kOT; ++t)
+      if (t < nt) acc[t] += static_cast<acc_t>(gyp[t * HoWo]) * val;
   }
 #pragma unroll
   for (int t = 0; t < kOT; ++t) red[t][threadIdx.x] = acc[t];
