@@ -485,7 +485,7 @@ def test_public_api_documented():
         assert "Shapes" in cls.__doc__ or "shape" in cls.__doc__.lower(), cls
 
 
-@pytest.mark.parametrize("module", ["equifast.nn.conv", "equifast.nn.norm", "equifast.nn.pool",
+@pytest.mark.parametrize("module", ["equifast.nn.conv", "equifast.nn.norm", "equifast.nn.pool", "equifast.nn._export",
                                     "equifast.nn.equivarify", "equifast.nn.head", "equifast.interop"])
 def test_docstring_examples(module):
     import doctest

@@ -18,7 +18,7 @@ Stacks are [B, n, C, H, W] (group axis second, n = |G|).
 from ._frame import default_frame, get_default_frame
 from .conv import GroupConv2d, LiftConv2d
 from .equivarify import Equivarify, equivarify_views
-from .export import check_stack_flow, export
+from ._export import check_stack_flow, export
 from .head import OrientationHead, decode_scores, element_angle, encode_labels, invariant_scores
 from .metrics import StridedProbeNet, equivariance_error, exactness_comparison, format_exactness_table
 from .norm import GroupBatchNorm2d

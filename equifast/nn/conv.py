@@ -198,7 +198,7 @@ class _GroupConvBase(nn.Module):
         """A plain-PyTorch module (a ``torch.fx.GraphModule`` of torch ops and ``nn.Conv2d``) computing
         this layer's output; scriptable, ``torch.export``-able, and runnable without equifast
         (see ``equifast.nn.export``)."""
-        from .export import export
+        from ._export import export
         return export(self)
 
 

@@ -92,7 +92,7 @@ class Equivarify(nn.Module):
 
     def export(self) -> nn.Module:
         """Plain PyTorch (the views by rot90 / flip / index_select, then F); see ``equifast.nn.export``."""
-        from .export import export
+        from ._export import export
         return export(self)
 
     def extra_repr(self) -> str:

@@ -108,7 +108,7 @@ class OrientationHead(nn.Module):
 
     def export(self) -> nn.Module:
         """Plain PyTorch (``nn.Linear`` per copy); see ``equifast.nn.export``."""
-        from .export import export
+        from ._export import export
         return export(self)
 
     def encode(self, labels: Tensor, elements: Tensor) -> Tensor:

@@ -52,7 +52,7 @@ class GroupBatchNorm2d(nn.modules.batchnorm._BatchNorm):
     def export(self) -> nn.Module:
         """Plain PyTorch (``nn.BatchNorm2d(C)`` on the [B*n, C, H, W] view, same statistics); see
         ``equifast.nn.export``."""
-        from .export import export
+        from ._export import export
         return export(self)
 
     def _check_input_dim(self, input: Tensor) -> None:  # called by _BatchNorm.forward on the flattened view

@@ -53,7 +53,7 @@ class GroupPool(nn.Module):
 
     def export(self) -> nn.Module:
         """Plain PyTorch (``amax`` / ``mean`` over dim 1); see ``equifast.nn.export``."""
-        from .export import export
+        from ._export import export
         return export(self)
 
     def extra_repr(self) -> str:
@@ -105,7 +105,7 @@ class PerCopy(nn.Module):
 
     def export(self) -> nn.Module:
         """Plain PyTorch (the exported module on the [B*n, ...] view); see ``equifast.nn.export``."""
-        from .export import export
+        from ._export import export
         return export(self)
 
 
