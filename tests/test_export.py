@@ -303,3 +303,30 @@ def test_untraceable_forward_says_what_to_do():
             return self.lift(x) if x.sum() > 0 else self.lift(-x)
     with pytest.raises(ValueError, match="layer.export"):
         enn.export(DataDependent())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("frame", FRAMES)
+def test_export_and_eval_fast_path_on_cuda(frame):
+    torch.manual_seed(5)
+    net = nn.Sequential(enn.LiftConv2d(1, 4, 3, stride=2, padding=1, group="D4", frame=frame),
+                        enn.GroupBatchNorm2d(4), nn.ReLU(), enn.PerCopy(nn.MaxPool2d(2)),
+                        enn.GroupConv2d(4, 5, 3, padding=1, group="D4", frame=frame), enn.GroupPool()).cuda().eval()
+    x = torch.randn(3, 1, 17, 17, device="cuda")
+    with torch.no_grad():
+        ref = net(x)                                     # eval fast path (cached banks on the GPU)
+        assert net[0]._cache is not None and net[0]._cache[1] is not None
+        torch.testing.assert_close(_op(net, x), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(enn.export(net)(x), ref, atol=1e-4, rtol=1e-4)
+
+
+def _op(net, x):
+    """The network with the eval fast path off (every conv through the op)."""
+    for m in net.modules():
+        if isinstance(m, (enn.LiftConv2d, enn.GroupConv2d)):
+            m._fast_path_applies = lambda x: False
+    try:
+        return net(x)
+    finally:
+        for m in net.modules():
+            m.__dict__.pop("_fast_path_applies", None)
