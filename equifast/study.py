@@ -260,6 +260,38 @@ def train_model(model, x: Tensor, y: Tensor, steps: int, batch_size: int, lr: fl
     return {"seconds_per_step": step_s, "train_seconds": sum(times), "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
+def time_models(specs: Sequence[ModelSpec], x: Tensor, y: Tensor, batch_size: int, backend: str = "auto",
+                rounds: int = 5, steps: int = 3) -> Dict[str, float]:
+    """Median seconds per training step (forward, backward, Adam; augmentation included) of every model,
+    measured side by side: ``rounds`` rounds, each timing ``steps`` steps of every model in turn (after one
+    warm-up step each), so that a change of machine load hits all models alike."""
+    gen = torch.Generator().manual_seed(0)
+    models, opts, times = {}, {}, {s.name: [] for s in specs}
+    for spec in specs:
+        torch.manual_seed(0)
+        models[spec.name] = build_model(spec, backend).train()
+        opts[spec.name] = torch.optim.Adam(models[spec.name].parameters(), lr=1e-3)
+    idx = torch.randperm(len(y), generator=gen)[:batch_size]
+    xb, yb = x[idx], y[idx]
+
+    def step(spec):
+        xa, _ = augment_batch(xb, spec.augment, gen)
+        loss = F.cross_entropy(models[spec.name](xa), yb)
+        opts[spec.name].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[spec.name].step()
+
+    for spec in specs:
+        step(spec)
+    for _ in range(rounds):
+        for spec in specs:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(spec)
+            times[spec.name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _scores(model, x: Tensor, batch: int = 500) -> Tensor:
     model.eval()
     with torch.no_grad():
@@ -338,7 +370,7 @@ def markdown(result: Dict) -> str:
     lines = [f"# equifast study: equivarification vs data augmentation ({cfg['data']})", "",
              f"Command: `{cfg['command']}`  ",
              f"Machine: {cfg['machine']}; torch {cfg['torch']}, equifast {cfg['equifast']}, "
-             f"{cfg['threads']} torch thread(s); load average {cfg['load_before']} before, "
+             f"{cfg['threads']} torch thread(s) x {cfg['jobs']} process(es); load average {cfg['load_before']} before, "
              f"{cfg['load_after']} after (1/5/15 min); total {result['total_seconds']:.0f} s wall clock, "
              f"{result['cpu_seconds']:.0f} s CPU time.  ",
              f"{len(cfg['seeds'])} seeds ({', '.join(map(str, cfg['seeds']))}), {cfg['steps']} Adam steps of batch "
@@ -365,8 +397,11 @@ def markdown(result: Dict) -> str:
               f"the true class in the block of the group element nearest to the true transformation. Equivariance "
               f"error: max over g of |f(g·x) − g·f(x)| / max|f(x)| of the scores of the trained network under its "
               f"own group (float32; max over runs). 90° invariance error: the same for the number scores under "
-              f"rotations by multiples of 90° (every model). Time: median seconds per step × steps per epoch of the "
-              f"full training set.", "",
+              f"rotations by multiples of 90° (every model). Time: seconds per epoch of the full training set "
+              f"({cfg['n_train_full']} images, batch {cfg['batch_size']}), from a side-by-side timing of all models "
+              f"after the runs ({result['timing']['rounds']} interleaved rounds of {result['timing']['steps_per_round']} "
+              f"steps, median; {result['timing']['threads']} thread(s), load average "
+              f"{result['timing']['load_before']} before, {result['timing']['load_after']} after).", "",
               "| model | network | width per element | parameters | s / epoch | equivariance error | "
               "90° invariance error | number+angle rot90 | number+angle angle | number+angle flip |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -379,7 +414,7 @@ def markdown(result: Dict) -> str:
             return f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "—"
         eq = s["equivariance_error_max"]
         lines.append(f"| {name} | {m['description']} | {m['width']} | {m['parameters']} | "
-                     f"{s['seconds_per_epoch']:.2f} | {'—' if eq is None else f'{eq:.1e}'} | "
+                     f"{result['timing']['seconds_per_epoch'][name]:.2f} | {'—' if eq is None else f'{eq:.1e}'} | "
                      f"{s['invariance_error_90_max']:.1e} | {na('rot90')} | {na('angle')} | {na('flip')} |")
     lines.append("")
     return "\n".join(lines)
@@ -402,7 +437,8 @@ def plot(result: Dict, path: str) -> bool:
     summary, fr = result["summary"], result["config"]["fractions"]
     titles = {"upright": "upright", "rot90": "rotated by multiples of 90°", "angle": "rotated by random angles",
               "flip": "mirrored (+ multiples of 90°)"}
-    fig, axes = plt.subplots(1, len(TEST_SETS), figsize=(4.0 * len(TEST_SETS), 3.9), sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8), sharey=True)
+    axes = axes.flatten()
     for ax, t in zip(axes, TEST_SETS):
         for name, s in summary.items():
             base = name[:-2] if name.endswith("=p") else name
@@ -421,16 +457,16 @@ def plot(result: Dict, path: str) -> bool:
         ax.set_xticklabels([_pct(f) for f in fr])
         ax.minorticks_off()
         ax.set_title(titles[t], fontsize=10)
-        ax.set_xlabel("training data used")
+        ax.set_xlabel("training data used (log scale)")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1.0)
     axes[0].set_ylabel("number accuracy")
+    axes[2].set_ylabel("number accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 11), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
     fig.suptitle(f"{result['config']['data']}: mean ± std over {len(result['config']['seeds'])} seeds "
                  f"(=p: parameter count matched to the plain CNN; dashed)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
@@ -462,14 +498,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training-set fractions (default 0.05,0.1,0.25,1)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="Adam steps per run, at every fraction (default 100)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.03, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    parser.add_argument("--lr", type=float, default=0.03, help="peak learning rate of the one-cycle Adam schedule (default 0.03)")
     parser.add_argument("--width", type=int, default=6, help="plain CNN width = width per group element (default 6)")
-    parser.add_argument("--backend", default="auto", help="equifast backend of the equivarified networks")
+    parser.add_argument("--backend", default="auto", help="equifast backend of the equivarified networks (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     parser.add_argument("--train-limit", type=int, default=None,
                         help="use only the first N training images as the 100%% set (e.g. for MNIST on a CPU)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes, one seed each (default 1; on a busy shared machine more processes get more "
+                             "of it, and the times per step then include that contention)")
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="rounds of the side-by-side timing of all models at the end (default 5)")
     parser.add_argument("--eq-images", type=int, default=16, help="images for the equivariance errors (default 16)")
     parser.add_argument("--quick", action="store_true",
                         help="a short run: fractions 0.1,1, 2 seeds, 25 steps, 200 test images (unless given)")
@@ -579,7 +620,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and args.test_limit is None:
         args.test_limit = QUICK["test_limit"]
     for name, v in (("--seeds", n_seeds), ("--steps", steps), ("--batch-size", args.batch_size),
-                    ("--width", args.width), ("--threads", args.threads), ("--eq-images", args.eq_images)):
+                    ("--width", args.width), ("--threads", args.threads), ("--eq-images", args.eq_images),
+                    ("--jobs", args.jobs), ("--timing-rounds", args.timing_rounds)):
         if v < 1:
             print(f"equifast study: {name} must be a positive integer, got {v}", file=sys.stderr)
             return 2
@@ -609,6 +651,35 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(old_threads)
 
 
+def _print_line(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
+def _seed_runs(seed: int, w: Dict, report) -> Tuple[List[Dict], float]:
+    """Every (fraction, model) run of one seed; returns the runs and the CPU seconds this process spent."""
+    cpu0 = time.process_time()
+    torch.set_num_threads(w["threads"])
+    runs = []
+    for f in w["fractions"]:
+        idx = subset_indices(w["ytr"], f, seed)
+        x, y = w["xtr"][idx], w["ytr"][idx]
+        for i, spec in enumerate(w["specs"]):
+            torch.manual_seed(1000 * seed + i)
+            model = build_model(spec, w["backend"])
+            tr = train_model(model, x, y, w["steps"], w["batch_size"], w["lr"], spec.augment, seed)
+            ev = evaluate(spec, model, w["tests"], w["eq_images"])
+            r = {"model": spec.name, "fraction": f, "n_train": len(y), "seed": seed, "steps": w["steps"], **tr,
+                 "seconds_per_epoch": tr["seconds_per_step"] * w["steps_per_epoch"], **ev}
+            runs.append(r)
+            if report is not None:
+                acc = "  ".join(f"{t} {r['accuracy'][t]:.3f}" for t in TEST_SETS)
+                eq = "" if r["equivariance_error"] is None else f", eq. error {r['equivariance_error']:.0e}"
+                report(f"{spec.name:<9} {_pct(f):>4} ({len(y)} images) seed {seed}: {acc}; "
+                       f"{tr['seconds_per_step'] * 1000:.0f} ms/step{eq}; "
+                       f"{time.perf_counter() - w['t_start']:.0f} s elapsed")
+    return runs, time.process_time() - cpu0
+
+
 def _run(args, specs, fractions, n_seeds, steps, xtr, ytr, xte, yte, data_name, how, clocks, equifast) -> int:
     t_start, cpu_start = clocks
     os.makedirs(args.out, exist_ok=True)
@@ -623,6 +694,7 @@ def _run(args, specs, fractions, n_seeds, steps, xtr, ytr, xte, yte, data_name, 
            "data": data_name, "preprocessing": how, "n_train_full": len(ytr), "n_test": len(yte),
            "image_size": list(xtr.shape[-2:]), "fractions": list(fractions), "seeds": seeds, "steps": steps,
            "batch_size": args.batch_size, "lr": args.lr, "width": args.width, "backend": args.backend,
+           "jobs": min(args.jobs, n_seeds),
            "threads": torch.get_num_threads(), "machine": _machine(), "python": platform.python_version(),
            "torch": torch.__version__, "equifast": equifast.__version__, "load_before": _load(),
            "backends_available": list(equifast.available_backends("cpu")),
@@ -636,29 +708,37 @@ def _run(args, specs, fractions, n_seeds, steps, xtr, ytr, xte, yte, data_name, 
               f"{steps} steps each; {cfg['machine']}, {cfg['threads']} thread(s), load {cfg['load_before']}")
         print(f"  data: {how}; {len(ytr)} training images at 100%, {len(yte)} per test set")
     steps_per_epoch = math.ceil(len(ytr) / args.batch_size)
+    work = dict(specs=specs, fractions=fractions, steps=steps, xtr=xtr, ytr=ytr, tests=tests,
+                batch_size=args.batch_size, lr=args.lr, backend=args.backend, eq_images=args.eq_images,
+                steps_per_epoch=steps_per_epoch, threads=args.threads, t_start=t_start)
     runs: List[Dict] = []
-    progress = _Progress(len(specs) * len(fractions) * n_seeds, quiet)
-    for seed in seeds:
-        for f in fractions:
-            idx = subset_indices(ytr, f, seed)
-            x, y = xtr[idx], ytr[idx]
-            for i, spec in enumerate(specs):
-                torch.manual_seed(1000 * seed + i)
-                model = build_model(spec, args.backend)
-                tr = train_model(model, x, y, steps, args.batch_size, args.lr, spec.augment, seed)
-                ev = evaluate(spec, model, tests, args.eq_images)
-                r = {"model": spec.name, "fraction": f, "n_train": len(y), "seed": seed, "steps": steps, **tr,
-                     "seconds_per_epoch": tr["seconds_per_step"] * steps_per_epoch, **ev}
-                runs.append(r)
-                acc = "  ".join(f"{t} {r['accuracy'][t]:.3f}" for t in TEST_SETS)
-                eq = "" if r["equivariance_error"] is None else f", eq. error {r['equivariance_error']:.0e}"
-                progress.update(f"{spec.name:<9} {_pct(f):>4} ({len(y)} images) seed {seed}: {acc}; "
-                                f"{tr['seconds_per_step'] * 1000:.0f} ms/step{eq}; "
-                                f"{time.perf_counter() - t_start:.0f} s elapsed")
-    progress.close()
+    jobs = min(args.jobs, n_seeds)
+    if jobs == 1:
+        progress = _Progress(len(specs) * len(fractions) * n_seeds, quiet)
+        for seed in seeds:
+            runs += _seed_runs(seed, work, progress.update)[0]
+        progress.close()
+        cpu = time.process_time() - cpu_start
+    else:   # one process per seed (spawned: a fresh torch in each); every process prints its own lines
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_seed_runs, seed, work, None if quiet else _print_line) for seed in seeds]
+            done = [fut.result() for fut in futures]
+        runs = [r for rs, _ in done for r in rs]
+        cpu = time.process_time() - cpu_start + sum(c for _, c in done)
+    if not quiet:
+        print("  timing every model side by side (interleaved rounds, medians)", flush=True)
+    load_timing = _load()
+    timing = time_models(specs, xtr, ytr, args.batch_size, args.backend, rounds=args.timing_rounds)
+    timing = {"seconds_per_step": timing,
+              "seconds_per_epoch": {k: v * steps_per_epoch for k, v in timing.items()},
+              "rounds": args.timing_rounds, "steps_per_round": 3, "batch_size": args.batch_size,
+              "threads": torch.get_num_threads(), "load_before": load_timing, "load_after": _load()}
     cfg["load_after"] = _load()
     result = {"config": cfg, "models": models, "runs": runs, "summary": summarize(runs, specs, fractions),
-              "total_seconds": time.perf_counter() - t_start, "cpu_seconds": time.process_time() - cpu_start}
+              "timing": timing,
+              "total_seconds": time.perf_counter() - t_start, "cpu_seconds": cpu}
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     md = markdown(result)
