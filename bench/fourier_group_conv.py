@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -80,8 +79,8 @@ def ops(args):
     return rows
 
 
-SWEEP = [(g, c, b, hw, k) for g in ("C4", "D4") for c in (4, 8, 16, 32) for b, hw in ((8, 8), (1, 16), (8, 16), (1, 32))
-         for k in (3, 1)]
+SWEEP = [(g, c, b, hw, k) for g in ("C4", "D4") for c in (4, 8, 16, 32)
+         for b, hw in ((8, 8), (1, 16), (8, 16), (1, 32)) for k in (3, 1)]
 
 
 def sweep(args):
@@ -91,7 +90,8 @@ def sweep(args):
         st = compare({be: op_callable(be, group, C, C, B, HW, k) for be in ("torch", "fourier")}, "cpu",
                      repeat=args.repeat, budget_s=min(args.budget, 2.0))
         n = equifast.groups.get(group).order
-        row = {"group": group, "C": C, "B": B, "HW": HW, "k": k, "dense_mflop": 2 * B * HW * HW * (n * C) ** 2 * k * k / 1e6,
+        row = {"group": group, "C": C, "B": B, "HW": HW, "k": k,
+               "dense_mflop": 2 * B * HW * HW * (n * C) ** 2 * k * k / 1e6,
                "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3}
         row["speedup"] = row["torch_ms"] / row["fourier_ms"]
         rows.append(row)
@@ -100,23 +100,37 @@ def sweep(args):
     return rows
 
 
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def _peak_child(backend, group, C, B):
+    """Peak RSS of a second forward+backward above the resident set before it (Linux: clear_refs 5
+    resets the peak, VmHWM)."""
     torch.set_num_threads(1)
     run = op_callable(backend, group, C, C, B, 32)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()                                   # first call: one-time primitive / kernel set-up
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
     run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_peak_mib": (after - before) / 1024}))
+    print(json.dumps({"extra_peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
 def memory(args):
     rows = []
     for group, C, B in OP_CASES:
         row = {"group": group, "C": C, "B": B}
-        for be in ("torch", "fourier"):
-            out = subprocess.run([sys.executable, __file__, "--peak-child", be, group, str(C), str(B)],
-                                 capture_output=True, text=True, check=True)
-            row[be + "_mib"] = json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mib"]
+        samples = {"torch": [], "fourier": []}
+        for _ in range(3):                      # RSS varies with the allocator's state: median of 3 processes
+            for be in samples:
+                out = subprocess.run([sys.executable, __file__, "--peak-child", be, group, str(C), str(B)],
+                                     capture_output=True, text=True, check=True)
+                samples[be].append(json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mib"])
+        for be, values in samples.items():
+            row[be + "_mib"] = sorted(values)[1]
+            row[be + "_samples_mib"] = values
         rows.append(row)
         print(f"memory {group} {C}->{C} B={B}: extra peak RSS torch {row['torch_mib']:.0f} MiB, "
               f"fourier {row['fourier_mib']:.0f} MiB", flush=True)
@@ -183,7 +197,8 @@ def summary(results, meta):
                   f"{r['fourier_ms']:.1f} | {r['speedup']:.2f}x | {r['load'][0]:.1f} |" for r in results["ops"]]
         lines.append("")
     if "memory" in results:
-        lines += ["## extra peak RSS of one forward+backward (1 thread, own process)", "",
+        lines += ["## extra peak RSS of one forward+backward after a first one (1 thread, own process, "
+                  "median of 3 processes)", "",
                   "| group | C | B | torch MiB | fourier MiB |", "|---|---|---|---|---|"]
         lines += [f"| {r['group']} | {r['C']} | {r['B']} | {r['torch_mib']:.0f} | {r['fourier_mib']:.0f} |"
                   for r in results["memory"]]
@@ -223,6 +238,11 @@ def main():
         with open(os.path.join(args.out, f"{section}.json"), "w") as f:
             json.dump({"machine": meta, "load_before": before, "load_after": load(), "rows": results[section]}, f,
                       indent=1)
+    for section in ("ops", "memory", "networks", "sweep"):     # earlier runs into the same folder
+        path = os.path.join(args.out, f"{section}.json")
+        if section not in results and os.path.exists(path):
+            with open(path) as f:
+                results[section] = json.load(f)["rows"]
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary(results, meta))
 

@@ -111,7 +111,8 @@ def test_matches_reference(name):
     _assert_matches_reference(s, w, b, group=name, padding=1)
 
 
-@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding=(1, 2, 0, 1)), dict(padding="same", dilation=2),
+@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding=(1, 2, 0, 1)),
+                                  dict(padding="same", dilation=2),
                                   dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2)), dict(padding="valid")])
 @pytest.mark.parametrize("name", ["C4", "D4", "C8"])
 def test_stride_padding_dilation(name, conv):

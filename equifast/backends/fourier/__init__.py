@@ -11,6 +11,8 @@ groups through a numerically computed basis), and in the canonical frame only wh
 element acts trivially on the kernel (1x1 kernels, C1), where both frames are the same function.
 ``lift_conv`` has no sum over the group to diagonalise: refused, so ``auto`` takes another backend.
 """
+import torch
+
 from . import basis
 from .group_conv import group_conv_backward, group_conv_forward
 
@@ -25,7 +27,7 @@ def availability(device):
 def _acts_trivially(group, kh: int, kw: int) -> bool:
     """Whether every element of ``group`` leaves a kh x kw kernel unchanged (act(w, g) = w)."""
     index, weight = group.sampling_tables(kh, kw)
-    identity = basis.torch.arange(kh * kw)[None, :].expand(group.order, -1)
+    identity = torch.arange(kh * kw)[None, :].expand(group.order, -1)
     return bool((weight[..., 0] == 1).all()) and bool((weight[..., 1:] == 0).all()) \
         and bool((index[..., 0] == identity).all())
 
@@ -68,8 +70,9 @@ def dense_flop(plan, x, weight) -> float:
 
 def preferred(plan, x, weight):
     kh, kw = weight.shape[-2:]
-    return x.device.type == "cpu" and plan.order >= 4 and kh * kw >= 9 and dense_flop(plan, x, weight) >= MIN_DENSE_FLOP
+    return (x.device.type == "cpu" and plan.order >= 4 and kh * kw >= 9
+            and dense_flop(plan, x, weight) >= MIN_DENSE_FLOP)
 
 
-__all__ = ["NAME", "INDEX_BITS", "MIN_DENSE_FLOP", "availability", "supports", "preferred", "dense_flop", "group_conv_forward",
-           "group_conv_backward"]
+__all__ = ["NAME", "INDEX_BITS", "MIN_DENSE_FLOP", "availability", "supports", "preferred", "dense_flop",
+           "group_conv_forward", "group_conv_backward"]

@@ -234,7 +234,8 @@ def _numeric_once(R, L, classes, name, gen) -> Basis:
             M = Ck @ (Ck.t() @ (T @ B1))
             gram = M.t() @ M
             scale = float(gram.diagonal().mean())
-            if scale < 1e-8 or not torch.allclose(gram, scale * torch.eye(d, dtype=torch.float64), atol=1e-9 * scale):
+            eye = torch.eye(d, dtype=torch.float64)
+            if scale < 1e-8 or not torch.allclose(gram, scale * eye, atol=1e-9 * scale):
                 raise BasisError("an intertwiner between two copies is not a scaled isometry")
             bases.append(M / math.sqrt(scale))
         rho = torch.einsum("ga,hgk,kb->hab", B1, R, B1)
@@ -260,8 +261,9 @@ def _numeric_once(R, L, classes, name, gen) -> Basis:
 # Verification and cache
 # ---------------------------------------------------------------------------------------------
 def check(basis: Basis, R: torch.Tensor) -> None:
-    """Raise BasisError unless the basis block-diagonalises R exactly (to TOLERANCE): for copies with
-    Q = t_out, Qᵀ Q = I, Q Qᵀ = I (no Gauss blocks) and QᵀR(h)Q = ⊕ ρ(h) with ρ(h)[a, b] = t_w[..., a, b, h]."""
+    """Raise BasisError unless the basis block-diagonalises R exactly (to TOLERANCE): with Q = the
+    columns of every t_out (no Gauss blocks), QᵀQ = QQᵀ = I and QᵀR(h)Q = ⊕ρ(h) for every h,
+    ρ(h)[a, b] = t_w[..., a, b, h]."""
     n = basis.order
     Q = torch.cat([b.t_out for b in basis.blocks], 1)
     expected = torch.zeros(n, n, n, dtype=torch.float64)
