@@ -198,6 +198,12 @@ def markdown(env, rows) -> str:
              "the second and fourth conv, GroupPool, global average pool, Linear(32, 10); 28x28 inputs. "
              "All contenders compute the same function (max |difference| to the reference below); times are "
              "medians of interleaved samples (`equifast.benchmark.timing.compare`).", ""]
+    loads = [l[0] for l in (env["loadavg_start"], env["loadavg_end"]) if l]
+    if loads and max(loads) > env["cpu_count"]:
+        lines += [f"**The machine was oversubscribed** (1-minute load average up to {max(loads):.1f} on "
+                  f"{env['cpu_count']} cores, from other jobs): absolute times are inflated and noisy; compare "
+                  f"the contenders within a row (they were interleaved) and read differences smaller than the "
+                  f"spread below as ties.", ""]
     names = list(rows[0]["median_ms"])
     lines.append("| group | batch | " + " | ".join(f"{n} (ms)" for n in names) + " |")
     lines.append("|---|---|" + "---|" * len(names))
@@ -224,6 +230,14 @@ def markdown(env, rows) -> str:
         d = ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff_vs_reference"].items())
         lines.append(f"* {r['group']} batch {r['batch']}: {d}")
     return "\n".join(lines) + "\n"
+
+
+def rewrite_markdown(folder: str) -> None:
+    """Regenerate results.md from results.json (after a change of the report format)."""
+    with open(os.path.join(folder, "results.json")) as f:
+        data = json.load(f)
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write(markdown(data["environment"], data["rows"]))
 
 
 def main(argv=None):
