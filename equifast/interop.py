@@ -39,7 +39,7 @@ with escnn's weights, for C_N / D_N with N in (1, 2, 4).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import torch
 from torch import Tensor, nn
