@@ -76,7 +76,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geom g, const T* __re
     const T* xb = x + b * g.xs[0] + h * g.xs[1] + c * g.xs[2];
     if (SMEM) {
       __syncthreads();
-      for (int64_t q = threadIdx.x; q < HW; q += blockDim.x) plane[q] = xb[(q / g.W) * g.xs[3] + (q % g.W) * g.xs[4]];
+      // the plane fits in shared memory (<= 48 KiB), so its pixel index and width fit 32 bits: 32-bit division
+      const int W32 = static_cast<int>(g.W);
+      for (int q = threadIdx.x; q < static_cast<int>(HW); q += blockDim.x)
+        plane[q] = xb[static_cast<int64_t>(q / W32) * g.xs[3] + static_cast<int64_t>(q % W32) * g.xs[4]];
       __syncthreads();
     }
     if (!active) continue;
