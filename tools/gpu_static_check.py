@@ -69,8 +69,20 @@ DTYPES = ("bfloat16", "float16", "float32")
 FRAMES = ("view", "canonical")
 LAYOUTS = ("contiguous", "channels_last")
 PASSES = ("forward", "backward")
-SUBSET = dict(cases=("mnist_c4_b1024", "cifar_d4", "deep_c4", "group_conv_c4", "cifar_c8_interp"),
-              dtypes=("bfloat16",), frames=("view",), layouts=("contiguous",), passes=PASSES)
+# Without selection flags: the forward of every shape in bfloat16 (both frames, both layouts) and of
+# three shapes in float32 (tf32 MMA; view frame, contiguous; float16 compiles like bfloat16), the backward of every shape in bfloat16 (view,
+# contiguous), each over its whole (pruned) autotuning space.
+DEFAULT = (dict(cases=None, dtypes=("bfloat16",), frames=FRAMES, layouts=LAYOUTS, passes=("forward",), limit=0),
+           dict(cases=("mnist_c4_b1024", "deep_c4", "group_conv_c4"), dtypes=("float32",), frames=("view",),
+                layouts=("contiguous",), passes=("forward",), limit=0),
+           dict(cases=None, dtypes=("bfloat16",), frames=("view",), layouts=("contiguous",),
+                passes=("backward",), limit=0))
+# The CI subset: the forward of five shapes over their whole (pruned) autotuning space, and the
+# backward of two shapes over the first two configs of theirs.
+SUBSET = (dict(cases=("mnist_c4_b1024", "cifar_d4", "deep_c4", "group_conv_c4", "cifar_c8_interp"),
+               dtypes=("bfloat16",), frames=("view",), layouts=("channels_last",), passes=("forward",), limit=0),
+          dict(cases=("mnist_c4_b1024", "group_conv_c4"), dtypes=("bfloat16",), frames=("view",),
+               layouts=("contiguous",), passes=("backward",), limit=2))
 
 
 # ---------------------------------------------------------------------------
@@ -261,8 +273,10 @@ def specialise(fn, args, kwargs):
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def _variant_kind(fn):
+def _variant_kind(fn, pass_):
     name = fn.__name__.strip("_").replace("_kernel", "")
+    if pass_ == "backward" and name.endswith("forward"):        # the forward GEMM computing a grad input
+        name += "_as_backward_input"
     return name
 
 
@@ -289,14 +303,12 @@ def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
                                 scalars = {k: v for k, v in values.items() if isinstance(v, (int, bool, str))}
                                 g = grid(dict(values, **meta))
                                 meta["programs"] = math.prod(g)
-                                outputs = {"forward": case.output_shape, "backward_input": case.input_shape,
-                                           "backward_weight": case.weight_shape}
-                                kind = next((k for k in outputs if fn.__name__.endswith(k + "_kernel")), "forward")
-                                meta["outputs"] = math.prod(outputs[kind])
+                                out = next(values[k] for k in ("y_ptr", "gx_ptr", "gs_ptr", "gw_ptr") if k in values)
+                                meta["outputs"] = out.numel()
                                 meta["fn"] = fn.__name__
                                 variants.append(dict(case=case.name, op=case.op, group=case.group, dtype=dtype,
                                                      frame=frame, layout=layout, pass_=pass_,
-                                                     kernel=_variant_kind(fn), config=ci, meta=meta,
+                                                     kernel=_variant_kind(fn, pass_), config=ci, meta=meta,
                                                      key=key, values=scalars))
     return variants, jobs
 
@@ -328,15 +340,20 @@ def run(args):
     from equifast.benchmark.cases import CASES
     by_name = {c.name: c for c in CASES}
     if args.subset:
-        cases = [by_name[n] for n in SUBSET["cases"]]
-        dtypes, frames, layouts, passes = SUBSET["dtypes"], SUBSET["frames"], SUBSET["layouts"], SUBSET["passes"]
-        limit = args.configs or 0
+        scopes = SUBSET
+    elif any(getattr(args, k) is not None for k in ("cases", "dtypes", "frames", "layouts", "passes")):
+        scopes = [dict(cases=args.cases, dtypes=args.dtypes or DTYPES, frames=args.frames or FRAMES,
+                       layouts=args.layouts or LAYOUTS, passes=args.passes or PASSES, limit=args.configs or 0)]
     else:
-        cases = [by_name[n] for n in args.cases] if args.cases else list(CASES)
-        dtypes, frames, layouts, passes = args.dtypes, args.frames, args.layouts, args.passes
-        limit = args.configs or 0
+        scopes = DEFAULT
     t0 = time.time()
-    variants, jobs = enumerate_jobs(cases, dtypes, frames, layouts, passes, limit)
+    variants, jobs = [], {}
+    for sc in scopes:
+        names = sc["cases"] or [c.name for c in CASES]
+        v, j = enumerate_jobs([by_name[n] for n in names], sc["dtypes"], sc["frames"], sc["layouts"],
+                              sc["passes"], sc["limit"] or args.configs or 0)
+        variants += v
+        jobs.update(j)
     print(f"{len(variants)} variants, {len(jobs)} distinct compiles (triton {triton.__version__}, "
           f"{args.jobs} processes)", flush=True)
     keys = list(jobs)
@@ -435,14 +452,15 @@ def summarise(info, rows, failures):
     out += ["", "## Forward: model vs peers measured on an H100", "",
             "Peers (forward, ms, H100, measured by the issue's author): naive loop over group elements, "
             "filter rotation + cuDNN. Ratio = peer time / modelled time (> 1: the model says faster). "
-            "Best modelled config and frame per case and dtype.", "",
+            "Best modelled config and layout per case, dtype and frame (the benchmarks use the view "
+            "frame). Pre-passes (filters; views of interpolated groups) are not in the model.", "",
             "| case | dtype | kernel | frame/layout | model ms (issue / memory / MMA) | vs naive | vs rotation+cuDNN |",
             "|---|---|---|---|---|---|---|"]
     fwd = collections.defaultdict(list)
     for key, b in best.items():
         if key[4] == "forward":
-            fwd[(key[0], key[1])].append(b)
-    for (case, dtype), bs in sorted(fwd.items()):
+            fwd[(key[0], key[1], key[2])].append(b)
+    for (case, dtype, frame), bs in sorted(fwd.items()):
         b = min(bs, key=lambda r: r["total_s"])
         peer = PEERS_H100_MS.get(case)
         ms = 1e3 * b["total_s"]
@@ -463,21 +481,66 @@ def summarise(info, rows, failures):
     return "\n".join(out) + "\n"
 
 
+def _best_per_launch(rows):
+    """{(case, dtype, frame, layout, pass, launch kind): best modelled launchable variant}."""
+    best = {}
+    for r in rows:
+        if "error" in r or r["shared"] > SHARED_LIMIT:
+            continue
+        kind = "forward" if r["pass_"] == "forward" else r["kernel"].rsplit("_", 1)[-1]   # input / weight
+        key = (r["case"], r["dtype"], r["frame"], r["layout"], r["pass_"], kind)
+        if key not in best or r["total_s"] < best[key]["total_s"]:
+            best[key] = r
+    return best
+
+
+def compare(before, after, label):
+    """Markdown: the best modelled config of each launch before (``label``) and now."""
+    b, a = _best_per_launch(before), _best_per_launch(after)
+    out = [f"## Before ({label}) and after", "",
+           "Best modelled launchable config of each launch; loop = innermost MMA loop instructions, "
+           "div = IMAD.HI quotient estimates in it, instr/out = warp-instructions per output, model in us "
+           "(static estimates).", "",
+           "| case | dtype | frame | layout | launch | tile before -> after | loop instr | div | loads in loop | "
+           "instr/out | model us | spill STL |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(set(a) & set(b)):
+        x, y = b[key], a[key]
+        ld = lambda r: _fmt_w(dict(r["loop_loads"], **r["loop_async"]))
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[5]} | {x['tile']} -> {y['tile']} | "
+                   f"{x['loop_instructions']} -> {y['loop_instructions']} | {x['loop_div']} -> {y['loop_div']} | "
+                   f"{ld(x)} -> {ld(y)} | {x['warp_instr_per_output']:.2f} -> {y['warp_instr_per_output']:.2f} | "
+                   f"{1e6 * x['total_s']:.1f} -> {1e6 * y['total_s']:.1f} | {x['local_stores']} -> {y['local_stores']} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     from equifast.benchmark.cases import CASES
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--subset", action="store_true", help="CI subset: 5 cases, bfloat16, view frame, contiguous")
+    p.add_argument("--subset", action="store_true",
+                   help="CI subset: forward of 5 shapes (bfloat16, view, channels_last, every config), "
+                        "backward of 2 shapes (first 2 configs)")
     p.add_argument("--cases", nargs="*", choices=[c.name for c in CASES])
-    p.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=DTYPES)
-    p.add_argument("--frames", nargs="*", default=list(FRAMES), choices=FRAMES)
-    p.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=LAYOUTS)
-    p.add_argument("--passes", nargs="*", default=list(PASSES), choices=PASSES)
+    p.add_argument("--dtypes", nargs="*", choices=DTYPES)
+    p.add_argument("--frames", nargs="*", choices=FRAMES)
+    p.add_argument("--layouts", nargs="*", choices=LAYOUTS)
+    p.add_argument("--passes", nargs="*", choices=PASSES)
     p.add_argument("--configs", type=int, default=0, help="only the first N autotuning configs (0: all)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", help="folder for report.md and report.json")
+    p.add_argument("--compare", nargs="*", default=[], metavar="REPORT_JSON",
+                   help="earlier report.json files: add a before/after table (matching launches)")
     args = p.parse_args(argv)
     info, rows, failures = run(args)
     md = summarise(info, rows, failures)
+    if args.compare:
+        before, labels = [], []
+        for path in args.compare:
+            with open(path) as f:
+                old = json.load(f)
+            before += old["variants"]
+            labels.append(f"commit {old['info']['commit']}, Triton {old['info']['triton']}")
+        md += "\n" + compare(before, rows, "; ".join(sorted(set(labels))))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "report.md"), "w") as f:

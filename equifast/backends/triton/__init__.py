@@ -1,14 +1,15 @@
 """The ``triton`` backend: fused Triton kernels for ``lift_conv`` and ``group_conv``.
 
-One launch each for the forward, the input gradient and the weight gradient (the bias gradient
-is left to the op, which reduces grad_out). The group action is folded into the kernels' index
-math through small gather tables (see ``_common``), so no rotated copy of the input or of the
-weight is materialised. Runs on CUDA devices, and on CPU tensors under ``TRITON_INTERPRET=1``
-(Triton's interpreter, used by the tests).
+One GEMM launch each for the forward, the input gradient and the weight gradient (the bias
+gradient is left to the op, which reduces grad_out). The forward (``_forward``) reads exact
+rotations / flips of the input as affine views and folds the group into the GEMM's columns
+through a small pre-pass on the filters; the backward kernels fold the group action into their
+index math through small gather tables (``_common``). Runs on CUDA devices, and on CPU tensors
+under ``TRITON_INTERPRET=1`` (Triton's interpreter, used by the tests).
 
-This module is the backend's face: the kernels live in ``lift_conv.py`` and ``group_conv.py``
-(host functions ``{op}_forward`` / ``{op}_backward`` beside their ``@triton.jit`` kernels) and are
-imported on the first call. Importing this module imports nothing from Triton, compiles nothing
+This module is the backend's face: the kernels live in ``_forward.py``, ``lift_conv.py`` and
+``group_conv.py`` (host functions ``{op}_forward`` / ``{op}_backward`` beside their
+``@triton.jit`` kernels) and are imported on the first call. Importing this module imports nothing from Triton, compiles nothing
 and queries no device; without Triton, ``availability`` says why the backend cannot run.
 See docs/triton.md.
 """

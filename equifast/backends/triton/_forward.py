@@ -199,19 +199,32 @@ def lift_weight(weight, plan, folded: bool):
     return k_major(weight)
 
 
-def group_weight(weight, plan):
-    """K-major filters of the group conv with the Cayley shift folded in: column (g, co), slot s
-    reads w[co, g⁻¹·s] (view) or act(w[co, g⁻¹·s], g) (canonical), so every copy reads input slot s
-    at K position s and the stack is read once for all n copies."""
+def _group_filters(weight, plan):
+    """[n(g), C_out, n(s), C_in, kh, kw]: the filter copy g applies to input slot s,
+    w[:, g⁻¹·s] (view) or act(w[:, g⁻¹·s], g) (canonical)."""
     group = plan.group
     n = group.order
     slots = torch.tensor([[group.cayley[group.inverse[g]][s] for s in range(n)] for g in range(n)],
                          device=weight.device)
-    w = weight[:, slots]                                                   # [C_out, n(g), n(s), C_in, kh, kw]
-    w = w.transpose(0, 1)                                                  # [n(g), C_out, n(s), ...]
+    w = weight[:, slots].transpose(0, 1)                                   # [n(g), C_out, n(s), C_in, kh, kw]
     if plan.frame == "canonical":
         w = group.act_each(w.contiguous())
-    return k_major(w.reshape(n * weight.shape[0], *weight.shape[1:]))
+    return w
+
+
+def group_weight(weight, plan):
+    """K-major filters of the group conv with the Cayley shift folded in: column (g, co), slot s
+    reads w[co, g⁻¹·s] (view) or act(w[co, g⁻¹·s], g) (canonical), so every copy reads input slot s
+    at K position s and the stack is read once for all n copies."""
+    w = _group_filters(weight, plan)
+    return k_major(w.reshape(-1, *w.shape[2:]))
+
+
+def group_weight_adjoint(weight, plan):
+    """K-major filters of the group conv's input gradient at stride 1, a convolution of grad_out:
+    column (s, ci), K = (copy g, flipped tap, co): gs[s] = Σ_g conv_transpose(dy[g], filter(g, s))."""
+    w = _group_filters(weight, plan).permute(2, 3, 0, 1, 4, 5).flip(-2, -1)   # [n(s), C_in, n(g), C_out, kh, kw]
+    return k_major(w.reshape(-1, *w.shape[2:]))
 
 
 def _align(itemsize, *offsets):
@@ -220,16 +233,16 @@ def _align(itemsize, *offsets):
     return vec if all(int(o) % vec == 0 for o in offsets) else 1
 
 
-def conv_forward(x5, w_k, bias, y, aff, copies, plan, C_out, kh, kw):
+def conv_forward(x5, w_k, bias, y, aff, copies, stride, dilation, top_left, C_out, kh, kw):
     """Launch the kernel: x5 [B, S, C_in, H, W] (any strides), w_k [N, S, kh, kw, C_in] contiguous,
-    y [B, n, C_out, Ho, Wo], ``aff`` rows (sph, spw, off) per copy (grid axis 1 = ``copies``)."""
+    y [B, n, C_out, Ho, Wo], ``aff`` rows (sph, spw, off) per copy (grid axis 1 = ``copies``);
+    input row of output row i and tap a: i·stride - top + a·dilation (left likewise)."""
     B, S, C_in, H, W = x5.shape
     N = w_k.shape[0]
     Ho, Wo = y.shape[-2:]
     sxb, sxs, sxc, _, _ = x5.stride()
     syb, syg, syc, syh, syw = y.stride()
-    (sh, sw), (dh, dw) = plan.stride, plan.dilation
-    pt, _, pl, _ = plan.padding
+    (sh, sw), (dh, dw), (pt, pl) = stride, dilation, top_left
     tap_mode = C_in >= 16
     flat = [v for row in aff for v in row]
     align = _align(x5.element_size(), sxb, sxs, C_in, *flat) if (tap_mode and sxc == 1) else 1

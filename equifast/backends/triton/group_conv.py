@@ -12,8 +12,10 @@ forward      ``_forward``: W built by a small pre-pass on the filters (``_forwar
              one implicit GEMM with rows = output pixels, columns = (g, co) (N = n·C_out),
              K = (s, tap, ci): the stack is read once for all n copies.
 grad input   gs[b,h'] = Σ_g conv_transpose(dy[b, g], W_g) with weight slot g⁻¹·h' in both frames
-             (canonical: acted by g). Rows = input pixels, columns = C_in, K = (g, tap, co), in
-             gather form (no atomics); grid axis 1 = input slot h'.
+             (canonical: acted by g). Stride 1: the forward GEMM on dy with the flipped filters
+             W[g, h'] (``_forward.group_weight_adjoint``), columns (h', ci). Strided: rows = input
+             pixels, columns = C_in, K = (g, tap, co), in gather form (no atomics); grid axis 1 =
+             input slot h'.
 grad weight  gw[co,k,ci,tap'] = Σ_g Σ_t' T_g^T[tap',t'] Σ_{b,i,j} dy[b,g,co,i,j] · s[b, g·k, ci, p(tap), q(tap)]
              (both frames read input slot g·k; the view frame has tap = tap', the canonical frame
              the adjoint table of act(·, g)). Rows = C_out, columns = (k, tap', ci), reduction over
@@ -144,7 +146,8 @@ def group_conv_forward(s, weight, bias, plan):
     if B * Ho * Wo == 0 or C_out == 0:
         return y.zero_()
     w_k = F.group_weight(weight, plan)
-    return F.conv_forward(s, w_k, bias, y, [(s.stride(3), s.stride(4), 0)], 1, plan, C_out, kh, kw)
+    return F.conv_forward(s, w_k, bias, y, [(s.stride(3), s.stride(4), 0)], 1, plan.stride, plan.dilation,
+                          (plan.padding[0], plan.padding[2]), C_out, kh, kw)
 
 
 def group_conv_backward(grad_out, s, weight, plan, output_mask):
@@ -158,7 +161,17 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
     weighted = not plan.group.exact
     slots = _slot_tables(plan.group, s.device)
     gs = gw = None
-    if output_mask[0]:
+    if output_mask[0] and (sh, sw) == (1, 1):
+        # stride 1: a convolution of grad_out with the flipped, slot-transposed filters (the forward
+        # GEMM: grad_out read once for all n input slots, no table or division in its loop)
+        gs = _out_stack(s, s.shape)
+        if C_out == 0:
+            gs.zero_()
+        elif B * H * W:
+            F.conv_forward(grad_out, F.group_weight_adjoint(weight, plan), None, gs,
+                           [(grad_out.stride(3), grad_out.stride(4), 0)], 1, (1, 1), (dh, dw),
+                           ((kh - 1) * dh - pt, (kw - 1) * dw - pl), C_in, kh, kw)
+    elif output_mask[0]:
         gs = _out_stack(s, s.shape)
         M, K = B * H * W, n * kh * kw * C_out
         (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)

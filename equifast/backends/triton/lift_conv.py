@@ -176,7 +176,8 @@ def lift_conv_forward(x, weight, bias, plan):
             aff = [(views.stride(3), views.stride(4), g * views.stride(1)) for g in range(n)]
         copies = n
         w_k = F.lift_weight(weight, plan, folded=False)
-    return F.conv_forward(x5, w_k, bias, y, aff, copies, plan, C_out, kh, kw)
+    return F.conv_forward(x5, w_k, bias, y, aff, copies, plan.stride, plan.dilation,
+                          (plan.padding[0], plan.padding[2]), C_out, kh, kw)
 
 
 def lift_conv_backward(grad_out, x, weight, plan, output_mask):
