@@ -330,3 +330,34 @@ def _op(net, x):
     finally:
         for m in net.modules():
             m.__dict__.pop("_fast_path_applies", None)
+
+
+def test_eval_export_folds_batchnorm_into_the_conv_before_it():
+    gen = torch.Generator().manual_seed(7)
+    model = ResGCNN("D4", backend=REF, widths=(4, 6, 8)).double()
+    _randomize_batchnorm(model, gen)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=gen)
+    folded, kept = enn.export(model), enn.export(model, fold_batchnorm=False)
+    count = lambda m: sum(isinstance(t, nn.BatchNorm2d) for t in m.modules())   # noqa: E731
+    assert count(folded) == 0 and count(kept) == 9
+    torch.testing.assert_close(folded(x), model(x), **TOL)
+    torch.testing.assert_close(kept(x), model(x), **TOL)
+    assert count(enn.export(model.train())) == 9           # training mode: batch statistics stay
+
+    class SharedOutput(nn.Module):                          # the conv output is used twice: not folded
+        def __init__(self):
+            super().__init__()
+            self.conv = enn.LiftConv2d(1, 3, 3, padding=1, group="C4", frame="canonical", backend=REF)
+            self.bn = enn.GroupBatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+    shared = SharedOutput().double()
+    _randomize_batchnorm(shared, gen)
+    shared.eval()
+    plain = enn.export(shared)
+    assert count(plain) == 1
+    x = torch.randn(2, 1, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(plain(x), shared(x), **TOL)

@@ -39,7 +39,7 @@ class _EquifastLeaves(fx.Tracer):
         return _exportable(m) or super().is_leaf_module(m, qualname)
 
 
-def _trace_model(model: nn.Module, class_name: str) -> fx.GraphModule:
+def _trace_model(model: nn.Module, class_name: str, fold_batchnorm: bool = True) -> fx.GraphModule:
     tracer = _EquifastLeaves()
     try:
         graph = tracer.trace(model)
@@ -48,11 +48,17 @@ def _trace_model(model: nn.Module, class_name: str) -> fx.GraphModule:
                          f"export its equifast layers one by one with layer.export() and call them from "
                          f"your own code") from exc
     check_stack_flow(model, graph)
+    folds = _fold_batchnorms(model, graph) if fold_batchnorm else {}
     parts = {}
     for node in graph.nodes:
         if node.op == "call_module" and node.target not in parts:
             sub = model.get_submodule(node.target)
-            parts[node.target] = export(sub) if _exportable(sub) else copy.deepcopy(sub)
+            if node.target in folds:
+                plain = sub._export_module(folds[node.target])
+                plain.train(sub.training)
+                parts[node.target] = _trace_model(plain, type(sub).__name__)
+            else:
+                parts[node.target] = export(sub, fold_batchnorm) if _exportable(sub) else copy.deepcopy(sub)
         elif node.op == "get_attr" and node.target not in parts:
             value = _get_attr(model, node.target)
             parts[node.target] = value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
@@ -72,7 +78,38 @@ def _get_attr(model: nn.Module, target: str):
     return obj
 
 
-def export(model: nn.Module) -> fx.GraphModule:
+def _fold_batchnorms(model: nn.Module, graph: fx.Graph):
+    """Fold every eval-mode ``GroupBatchNorm2d`` whose input is a conv layer used by it alone into that
+    conv: returns {conv target: (scale, shift)} and removes the batch-norm nodes from ``graph``."""
+    from .conv import GroupConv2d, LiftConv2d
+    from .norm import GroupBatchNorm2d
+    folds = {}
+    for node in list(graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        bn = model.get_submodule(node.target)
+        src = node.args[0]
+        if not (type(bn) is GroupBatchNorm2d and not bn.training and bn.running_var is not None
+                and isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and src.target not in folds):
+            continue
+        conv = model.get_submodule(src.target)
+        if type(conv) not in (LiftConv2d, GroupConv2d) or conv.out_channels != bn.num_features:
+            continue
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.affine:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.affine:
+                shift = shift + bn.bias
+        folds[src.target] = (scale.detach().clone(), shift.detach().clone())
+        node.replace_all_uses_with(src)
+        graph.erase_node(node)
+    return folds
+
+
+def export(model: nn.Module, fold_batchnorm: bool = True) -> fx.GraphModule:
     """A plain-PyTorch copy of ``model`` (an equifast layer or any network using them).
 
     Returns a ``torch.fx.GraphModule`` of torch ops and torch.nn modules (``nn.Conv2d``,
@@ -86,6 +123,11 @@ def export(model: nn.Module) -> fx.GraphModule:
     control flow that does not depend on tensor values. A plain image module applied to a 5-D stack
     is reported here (see ``check_stack_flow``). A view-frame ``LiftConv2d`` with an interpolated
     group (C8, ...) has no plain form and raises.
+
+    ``fold_batchnorm=True``: an eval-mode ``GroupBatchNorm2d`` that directly follows a conv layer (its
+    only user) is folded into that conv's filter bank and bias (one pass less at inference). The folded
+    export is then an inference module: its ``train()`` does not bring batch statistics back. Models
+    exported in training mode keep every batch norm.
 
     Example::
 
@@ -101,8 +143,8 @@ def export(model: nn.Module) -> fx.GraphModule:
     if _exportable(model):
         plain = model._export_module()
         plain.train(model.training)
-        return _trace_model(plain, type(model).__name__)
-    return _trace_model(model, type(model).__name__)
+        return _trace_model(plain, type(model).__name__, fold_batchnorm)
+    return _trace_model(model, type(model).__name__, fold_batchnorm)
 
 
 # ---------------------------------------------------------------------------

@@ -84,6 +84,18 @@ def make_conv(weight: Tensor, bias: Optional[Tensor], stride, padding2, dilation
     return conv
 
 
+def fold_affine(weight: Tensor, bias: Optional[Tensor], affine, out_channels: int):
+    """A conv's (weight, bias) with a per-channel affine y -> scale[c]·y + shift[c] folded in (an eval-mode
+    batch norm after it). ``weight`` holds m blocks of ``out_channels`` output channels (group-major)."""
+    if affine is None:
+        return weight, bias
+    scale, shift = (t.to(device=weight.device, dtype=weight.dtype) for t in affine)
+    m = weight.shape[0] // out_channels
+    s = scale.repeat(m)
+    folded = weight * s.view(-1, *([1] * (weight.dim() - 1)))
+    return folded, (torch.zeros_like(s) if bias is None else bias) * s + shift.repeat(m)
+
+
 # ---------------------------------------------------------------------------
 # Plain modules (traced by torch.fx into the exported graph)
 # ---------------------------------------------------------------------------

@@ -310,20 +310,23 @@ class LiftConv2d(_GroupConvBase):
             bias = None if bias is None else bias.reshape(n, C).t().reshape(-1)
         return _plain.make_conv(bank, bias, self.stride, pad2, self.dilation)
 
-    def _export_module(self) -> nn.Module:
+    def _export_module(self, affine=None) -> nn.Module:
+        """The plain module; ``affine`` = (scale, shift) [C_out] is folded into the conv (export folds an
+        eval-mode batch norm that follows the layer)."""
         n, C = self.order, self.out_channels
         pad2, extra = self._conv_padding()
         bias = None if self.bias is None else self.bias.detach()
         if self.frame == "canonical":
-            conv = _plain.make_conv(self.filter_bank(), None if bias is None else bias.repeat(n),
-                                    self.stride, pad2, self.dilation)
+            bank, bias = _plain.fold_affine(self.filter_bank(), None if bias is None else bias.repeat(n), affine, C)
+            conv = _plain.make_conv(bank, bias, self.stride, pad2, self.dilation)
             return _plain.PlainLift(conv, n, C, extra, None)
         ops = _plain.image_ops(self.group)
         if ops is None:
             raise ValueError(f"export: a view-frame LiftConv2d with group {self.group.name} samples its views "
                              f"by interpolation, which depends on the image size and has no plain-PyTorch form; "
                              f"exact groups (C1, C2, C4, D1, D2, D4) export, and so does frame='canonical'")
-        conv = _plain.make_conv(self.weight.detach(), bias, self.stride, pad2, self.dilation)
+        weight, bias = _plain.fold_affine(self.weight.detach(), bias, affine, C)
+        conv = _plain.make_conv(weight, bias, self.stride, pad2, self.dilation)
         return _plain.PlainLift(conv, n, C, extra, [ops[i] for i in self.group.inverse])
 
 
@@ -415,8 +418,10 @@ class GroupConv2d(_GroupConvBase):
             bias = bias.repeat(self.order) if layout == "group_major" else bias.repeat_interleave(self.order)
         return _plain.make_conv(self.filter_bank(layout), bias, self.stride, pad2, self.dilation)
 
-    def _export_module(self) -> nn.Module:
+    def _export_module(self, affine=None) -> nn.Module:
+        """The plain module; ``affine`` = (scale, shift) [C_out] is folded into the conv."""
         pad2, extra = self._conv_padding()
         bias = None if self.bias is None else self.bias.detach().repeat(self.order)
-        conv = _plain.make_conv(self.filter_bank(), bias, self.stride, pad2, self.dilation)
+        bank, bias = _plain.fold_affine(self.filter_bank(), bias, affine, self.out_channels)
+        conv = _plain.make_conv(bank, bias, self.stride, pad2, self.dilation)
         return _plain.PlainGroupConv(conv, self.order, self.out_channels, extra)
