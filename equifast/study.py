@@ -53,7 +53,7 @@ TEST_SETS = ("upright", "rot90", "angle", "flip")
 NUM_CLASSES = 10
 DEFAULT_MODELS = ("cnn", "cnn+rot90", "cnn+rot", "C4", "D4", "C8", "C16", "C4=p", "D4=p", "C8=p", "C16=p")
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 1.0)
-QUICK = dict(fractions=(0.1, 1.0), seeds=2, steps=25, test_limit=200)
+QUICK = dict(fractions=(0.1, 1.0), seeds=2, steps=25, test_limit=200, timing_rounds=2)
 
 
 # ---------------------------------------------------------------------------
@@ -509,11 +509,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes, one seed each (default 1; on a busy shared machine more processes get more "
                              "of it, and the times per step then include that contention)")
-    parser.add_argument("--timing-rounds", type=int, default=5,
+    parser.add_argument("--timing-rounds", type=int, default=None,
                         help="rounds of the side-by-side timing of all models at the end (default 5)")
     parser.add_argument("--eq-images", type=int, default=16, help="images for the equivariance errors (default 16)")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run: fractions 0.1,1, 2 seeds, 25 steps, 200 test images (unless given)")
+                        help="a short run: fractions 0.1,1, 2 seeds, 25 steps, 200 test images, 2 timing rounds (unless given)")
     parser.add_argument("--out", default="runs/study", help="output directory (default runs/study)")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
@@ -611,12 +611,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the study with parsed ``args`` (see ``add_arguments``); returns the exit status."""
     t_start, cpu_start = time.perf_counter(), time.process_time()
     import equifast
+    args = argparse.Namespace(**vars(args))          # the defaults filled in below stay local
+    args.command_line = _command(args)
 
     def pick(value, quick, default):
         return value if value is not None else (quick if args.quick else default)
     fractions = pick(args.fractions, QUICK["fractions"], DEFAULT_FRACTIONS)
     n_seeds = pick(args.seeds, QUICK["seeds"], 3)
     steps = pick(args.steps, QUICK["steps"], 100)
+    args.timing_rounds = pick(args.timing_rounds, QUICK["timing_rounds"], 5)
     if args.quick and args.test_limit is None:
         args.test_limit = QUICK["test_limit"]
     for name, v in (("--seeds", n_seeds), ("--steps", steps), ("--batch-size", args.batch_size),
@@ -690,7 +693,7 @@ def _run(args, specs, fractions, n_seeds, steps, xtr, ytr, xte, yte, data_name, 
         models[spec.name] = {"description": describe(spec), "group": spec.group, "width": spec.width,
                              "augment": spec.augment, "variant": spec.variant,
                              "parameters": _count(build_model(spec, args.backend))}
-    cfg = {"command": _command(args),
+    cfg = {"command": args.command_line,
            "data": data_name, "preprocessing": how, "n_train_full": len(ytr), "n_test": len(yte),
            "image_size": list(xtr.shape[-2:]), "fractions": list(fractions), "seeds": seeds, "steps": steps,
            "batch_size": args.batch_size, "lr": args.lr, "width": args.width, "backend": args.backend,
