@@ -1,4 +1,5 @@
-"""gradcheck, torch.library.opcheck, torch.compile(fullgraph=True), torch.export and AMP autocast."""
+"""Autograd on the default backend, opcheck of a channels_last input, torch.compile(fullgraph=True),
+torch.export and AMP autocast. gradcheck and opcheck of every backend are in tests/test_conformance.py."""
 import pytest
 import torch
 
@@ -8,37 +9,11 @@ from helpers import make_problem
 OPS = ("lift_conv", "group_conv")
 
 
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("frame", ["view", "canonical"])
-@pytest.mark.parametrize("group", ["C4", "D2", "C8"])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-def test_gradcheck_float64(op, frame, group, backend):
-    inp, weight, bias = make_problem(op, group, B=1, C_in=2, C_out=2, H=5, k=3)
-    # fast_mode checks J·u for random u against the analytic vjp: fails on a wrong gradient, at a
-    # fraction of the cost of the full numerical Jacobian
-    stride = 2 if frame == "view" else 1
-    f = lambda i, w, b: getattr(equifast, op)(i, w, b, group=group, stride=stride, padding=1,  # noqa: E731
-                                              frame=frame, backend=backend)
-    args = tuple(t.requires_grad_() for t in (inp, weight, bias))
-    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, fast_mode=True)
-
-
 def test_gradients_only_for_what_requires_grad():
     x, w, b = make_problem("lift_conv", "C4", H=6)
     w.requires_grad_()
     equifast.lift_conv(x, w, b, padding=1).sum().backward()
     assert w.grad is not None and x.grad is None and b.grad is None
-
-
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("frame", ["view", "canonical"])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-def test_opcheck(op, frame, backend):
-    inp, weight, bias = make_problem(op, "D2", B=2, C_in=2, C_out=3, H=6, dtype=torch.float32)
-    custom = getattr(torch.ops.equifast, op).default
-    args = (inp.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), "D2", [2, 1], [1, 1, 0, 1],
-            [1, 1], frame, backend)
-    torch.library.opcheck(custom, args)
 
 
 def test_opcheck_channels_last():

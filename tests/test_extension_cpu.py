@@ -1,4 +1,9 @@
-"""The compiled CPU kernels (backend "cpu", ops equifast_C::*) against the reference backend.
+"""What is specific to the compiled CPU kernels (backend "cpu", ops equifast_C::*): the kernel-level
+ops (opcheck, empty batch, table validation), every instruction set of the GEMM, thread-count
+independence, refusals and ``auto``'s rule, the missing-extension path, and the CUDA backward's index
+maths emulated on CPU. Agreement with the reference over groups, frames, dtypes, layouts and
+convolution arguments (and gradcheck, opcheck of the public ops, empty batch) is
+tests/test_conformance.py (target "cpu-cpu").
 
 Skipped, with the reason, when equifast._C is not built (``make build``; ``make test`` builds it)."""
 import itertools
@@ -9,8 +14,7 @@ import torch
 
 import equifast
 from equifast import groups
-from equifast._layout import is_channels_last
-from helpers import make_problem, to_channels_last
+from helpers import OPS, forward_backward, make_problem
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -21,122 +25,21 @@ if not _OK:
 
 from equifast.backends import cpu as cpu_backend  # noqa: E402
 
-EXACT = ("C1", "C2", "C4", "D1", "D2", "D4")
-FRAMES = ("view", "canonical")
-OPS = ("lift_conv", "group_conv")
-# (H, W, k, kw, stride, padding, dilation): odd / even kernels, stride, padding (incl. 4-tuple), dilation
-CONFIGS = [
-    (7, 7, 3, 3, 1, 1, 1),
-    (8, 8, 2, 2, 1, 0, 1),
-    (9, 9, 3, 3, 2, (1, 2, 0, 1), 1),
-    (8, 8, 4, 4, 1, 2, 2),
-    (10, 10, 3, 3, (2, 1), 1, (1, 2)),
-]
-
 
 def _problem(op, group, H, W, k, kw, B=2, C_in=3, C_out=5, dtype=torch.float64, seed=0, bias=True):
     return make_problem(op, group, B=B, C_in=C_in, C_out=C_out, H=H, W=W, k=k, kw=kw, bias=bias, dtype=dtype,
                         seed=seed)
 
 
-def _fwd_bwd(op, x, w, b, **kw):
-    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in (x, w, b)]
-    out = getattr(equifast, op)(*leaves, **kw)
-    gen = torch.Generator().manual_seed(7)
-    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
-    out.backward(gy)
-    return out.detach(), [None if t is None else t.grad for t in leaves]
-
-
-def _close(a, b, dtype):
-    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(a, b, **tol)
-
-
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("group", EXACT)
-@pytest.mark.parametrize("frame", FRAMES)
-def test_forward_backward_matches_reference(op, group, frame):
-    """Every exact group, both frames, both ops, strides / paddings / dilations / even kernels (float64)."""
-    for ci, (H, W, k, kw, stride, padding, dilation) in enumerate(CONFIGS):
-        x, w, b = _problem(op, group, H, W, k, kw, seed=ci)
-        kwargs = dict(group=group, frame=frame, stride=stride, padding=padding, dilation=dilation)
-        ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
-        out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
-        _close(out, ref, torch.float64)
-        for got, want in zip(grads, ref_grads):
-            _close(got, want, torch.float64)
-
-
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("group", ("C4", "D4", "D1"))
-@pytest.mark.parametrize("frame", FRAMES)
-@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
-def test_float32_layouts(op, group, frame, layout):
-    x, w, b = _problem(op, group, 9, 9, 3, 3, dtype=torch.float32, C_in=4, C_out=6)
-    if layout == "channels_last":
-        x = to_channels_last(x)
-    kwargs = dict(group=group, frame=frame, padding=1, stride=(1, 2))
-    ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
-    out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
-    assert out.dtype == torch.float32
-    assert is_channels_last(out) == (layout == "channels_last")
-    _close(out, ref, torch.float32)
-    for got, want in zip(grads, ref_grads):
-        _close(got, want, torch.float32)
-    if layout == "channels_last":  # grad input comes back in the input's layout
-        assert not grads[0].is_contiguous()
-
-
-def test_non_square_for_groups_without_quarter_turns():
-    for group, frame in itertools.product(("C2", "D2", "D1"), FRAMES):
-        for op in OPS:
-            x, w, b = _problem(op, group, 6, 9, 3, 2)
-            kwargs = dict(group=group, frame=frame, padding=(1, 2))
-            ref, ref_grads = _fwd_bwd(op, x, w, b, backend="reference", **kwargs)
-            out, grads = _fwd_bwd(op, x, w, b, backend="cpu", **kwargs)
-            _close(out, ref, torch.float64)
-            for got, want in zip(grads, ref_grads):
-                _close(got, want, torch.float64)
-
-
-@pytest.mark.parametrize("op,group,frame", [("lift_conv", "C4", "view"), ("lift_conv", "D4", "canonical"),
-                                            ("group_conv", "D2", "view"), ("group_conv", "C4", "canonical")])
-def test_gradcheck_float64(op, group, frame):
-    x, w, b = _problem(op, group, 5, 5, 3, 3, B=2, C_in=2, C_out=2)
-    leaves = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
-    fn = lambda x, w, b: getattr(equifast, op)(x, w, b, group=group, frame=frame, padding=1, stride=(2, 1),  # noqa
-                                               backend="cpu")
-    assert torch.autograd.gradcheck(fn, leaves)
-
-
-@pytest.mark.parametrize("op", OPS)
-def test_zero_size_batch(op):
-    x, w, b = _problem(op, "C4", 6, 6, 3, 3, B=0)
-    x.requires_grad_(True)
-    w.requires_grad_(True)
-    out = getattr(equifast, op)(x, w, b, group="C4", backend="cpu", padding=1)
-    assert out.shape == (0, 4, 5, 6, 6)
-    out.sum().backward()
-    assert x.grad.shape == x.shape and torch.count_nonzero(w.grad) == 0
-    # the kernel-level ops handle it too
+def test_kernel_entry_points_take_an_empty_batch(op):
+    """The backend's entry points (below the public op, which returns early) handle B = 0."""
     prob = _problem(op, "C4", 6, 6, 3, 3, B=0)
     plan = equifast._args.make_plan("C4", 1, 1, 1, "view", 3, 3, op)
-    y = getattr(cpu_backend, op)(prob[0], prob[1], None, plan)
+    y = getattr(cpu_backend, op + "_forward")(prob[0], prob[1], None, plan)
     assert y.shape == (0, 4, 5, 6, 6)
     gx, gw, gb = getattr(cpu_backend, op + "_backward")(y, prob[0], prob[1], plan, (True, True, False))
     assert gx.shape == prob[0].shape and gw.shape == prob[1].shape and gb is None
-
-
-@pytest.mark.parametrize("op,frame", [("lift_conv", "view"), ("lift_conv", "canonical"), ("group_conv", "view"),
-                                      ("group_conv", "canonical")])
-def test_opcheck_public_ops(op, frame):
-    x, w, b = _problem(op, "D4" if frame == "view" else "C4", 6, 6, 3, 3, B=2, C_in=2, C_out=3)
-    group = "D4" if frame == "view" else "C4"
-    x, w, b = (t.requires_grad_(True) for t in (x, w, b))
-    plan = equifast._args.make_plan(group, 1, 1, 1, frame, 3, 3, op)
-    torch.library.opcheck(getattr(torch.ops.equifast, op).default,
-                          (x, w, b, *plan.schema_args(), "cpu"))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -195,8 +98,8 @@ def test_deterministic_and_thread_count_independent():
         results = []
         for nt in (1, max(2, threads)):
             torch.set_num_threads(nt)
-            results.append(_fwd_bwd("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
-            results.append(_fwd_bwd("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
+            results.append(forward_backward("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
+            results.append(forward_backward("group_conv", x, w, b, group="D4", padding=1, backend="cpu"))
     finally:
         torch.set_num_threads(threads)
     for out, grads in results[1:]:
@@ -246,7 +149,11 @@ def _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W, k=
     x, w, _ = _problem(op, group, H, W, k, k, B=B, C_in=C, C_out=Co)
     if op == "lift_conv":
         m, x5 = 1, x[:, None]
-        xperm, kperm = ext.lift_tables(plan, H, W, k, k, "cpu")
+        # the view's pixel table perm[g⁻¹] (the kernels may take it as affine maps: ext.lift_tables)
+        G = groups.get(group)
+        view = frame == "view" and n > 1
+        xperm = G.permutations(H, W)[list(G.inverse)] if view else torch.empty(0, dtype=torch.int64)
+        kperm = ext.lift_tables(plan, H, W, k, k, "cpu")[1]
         slot = torch.zeros(n, 1, dtype=torch.int64)
     else:
         m, x5 = n, x
@@ -260,7 +167,7 @@ def _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W, k=
     widx = ((slot.view(n, m, 1, 1) * C + torch.arange(C).view(1, 1, C, 1)) * KK + kperm.reshape(n, 1, 1, KK))
     widx = widx.reshape(n, K)
     Wg = w.reshape(Co, K)[:, widx.reshape(-1)].view(Co, n, K).transpose(0, 1)
-    out = getattr(cpu_backend, op)(x, w, None, plan)
+    out = getattr(cpu_backend, op + "_forward")(x, w, None, plan)
     gy = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     gx_cpu, gw_cpu, _ = getattr(cpu_backend, op + "_backward")(gy, x, w, plan, (True, True, False))
     xinv = torch.argsort(xperm, dim=1)
@@ -294,18 +201,6 @@ def _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W, k=
 ])
 def test_cuda_backward_index_maths_emulated(op, group, frame, stride, padding, dilation, H, W):
     _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W)
-
-
-@pytest.mark.parametrize("frame", FRAMES)
-def test_strided_field_major_stack(frame):
-    """A permuted view of a field-major [B, C, n, H, W] tensor is read through its strides, no copy needed."""
-    x, w, b = _problem("group_conv", "C4", 7, 7, 3, 3, dtype=torch.float32)
-    xs = x.transpose(1, 2).contiguous().transpose(1, 2)
-    ref, ref_grads = _fwd_bwd("group_conv", x, w, b, backend="reference", group="C4", frame=frame, padding=1)
-    out, grads = _fwd_bwd("group_conv", xs, w, b, backend="cpu", group="C4", frame=frame, padding=1)
-    _close(out, ref, torch.float32)
-    for got, want in zip(grads, ref_grads):
-        _close(got, want, torch.float32)
 
 
 _ISA_SCRIPT = r"""
