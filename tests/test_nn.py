@@ -646,3 +646,25 @@ def test_per_copy_max_pool_runs_channels_last_with_the_same_values():
         assert y.is_contiguous()
         torch.testing.assert_close(y, torch.stack([pool(s[:, g]) for g in range(4)], 1), atol=0, rtol=0)
         torch.testing.assert_close(layer.export()(s), y, atol=0, rtol=0)
+
+
+def test_eval_fast_path_defers_to_a_non_dense_backend_auto_prefers(monkeypatch):
+    """Where auto picks a backend other than a dense convolution (fused kernels, fourier), eval
+    inference runs that backend through the op instead of the cached bank."""
+    import types
+    from equifast.backends import torch as torch_backend
+    other = types.SimpleNamespace(NAME="other", lift_conv_forward=torch_backend.lift_conv_forward,
+                                  group_conv_forward=torch_backend.group_conv_forward)
+    calls = []
+
+    def resolve(backend, plan, x, weight, op):
+        calls.append(op)
+        return other
+    monkeypatch.setattr(equifast.backends, "resolve", resolve)
+    layer = enn.GroupConv2d(2, 3, 3, padding=1).eval()
+    s = torch.randn(1, 4, 2, 6, 6)
+    with torch.no_grad():
+        y = layer(s)
+        layer(s)
+    assert layer._cache is None and calls.count("group_conv") == 3   # one decision, then two op calls
+    torch.testing.assert_close(y, _op_output(layer, s), atol=1e-5, rtol=1e-5)

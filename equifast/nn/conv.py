@@ -17,7 +17,8 @@ Frames (see docs/nn.md):
 changed with ``equifast.nn.default_frame``).
 
 Eval fast path: in eval mode, when no gradient of the weight is needed (``torch.no_grad()``,
-``torch.inference_mode()`` or a frozen weight) and ``backend`` is "auto" or "torch", a layer calls
+``torch.inference_mode()`` or a frozen weight) and ``backend`` is "torch", or "auto" resolving to a
+dense-convolution backend ("torch" or "cpu"; decided once per input geometry), a layer calls
 ``torch.nn.functional.conv2d`` directly with its expanded filter bank, cached. The cache is rebuilt
 when the weight or bias changes in place (an optimizer step, ``load_state_dict``: the tensors'
 version counters), moves (``.to()``), or the layer is put in training mode. Writes through
@@ -139,7 +140,24 @@ class _GroupConvBase(nn.Module):
                 and x.dtype == w.dtype and x.device == w.device
                 and not (torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)))
                 and not torch.compiler.is_compiling() and "EQUIFAST_BACKEND" not in os.environ
+                and (self.backend == "torch" or self._auto_is_dense(x))
                 and self._fast_operands() is not None)
+
+    def _auto_is_dense(self, x: Tensor) -> bool:
+        """Whether "auto" resolves this input to a dense-convolution backend ("torch", "cpu"): then the
+        cached bank does the same convolution without re-expanding it. Any other backend auto prefers
+        (fused GPU kernels, "fourier", ...) runs through the op. Decided once per input geometry."""
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+        decisions = self.__dict__.setdefault("_auto_decisions", {})
+        dense = decisions.get(key)
+        if dense is None:
+            from .. import backends as _backends
+            kind = "lift_conv" if self._in_dim == 4 else "group_conv"
+            dense = _backends.resolve("auto", self._plan, x, self.weight, kind).NAME in ("torch", "cpu")
+            if len(decisions) > 64:
+                decisions.clear()
+            decisions[key] = dense
+        return dense
 
     def _fast_operands(self):
         """The cached (filter bank, bias) of the eval fast path, rebuilt when stale (None: no fast path)."""
