@@ -154,6 +154,15 @@ class Group:
     def __len__(self) -> int:
         return self.order
 
+    # A group is an immutable value known by its registered name: copies are the group itself, and
+    # pickling (torch.save of a layer or model) stores the name (a custom group must be registered
+    # again, under the same name, before loading).
+    def __deepcopy__(self, memo) -> "Group":
+        return self
+
+    def __reduce__(self):
+        return get, (self.name,)
+
     def mul(self, a: int, b: int) -> int:
         return self.cayley[a][b]
 

@@ -172,3 +172,18 @@ def test_custom_group_action_must_match_cayley_table():
     G = groups.custom("test-wrong-z3", [[(a + b) % 3 for b in range(3)] for a in range(3)], wrong)
     with pytest.raises(ValueError, match="not compatible with the cayley table"):
         G.act(torch.randn(1, 3, 3), 1)
+
+
+def test_layers_with_groups_deepcopy_and_pickle(tmp_path):
+    import copy
+    from equifast import nn as enn
+    net = torch.nn.Sequential(enn.LiftConv2d(1, 3, 3, group="D4", padding=1),
+                              enn.GroupConv2d(3, 2, 3, group="D4", padding=1))
+    x = torch.randn(2, 1, 8, 8)
+    twin = copy.deepcopy(net)
+    assert twin[0].group is groups.get("D4")
+    assert torch.equal(twin(x), net(x))
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    assert loaded[1].group is groups.get("D4")
+    assert torch.equal(loaded(x), net(x))
