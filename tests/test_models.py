@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import equifast
-from equifast import groups
+from equifast._args import make_plan
+from equifast import backends, groups
 from equifast.models import Figure3Net, PlainCNN, ResGCNN
 from equifast.nn import equivariance_error
 
@@ -33,6 +34,11 @@ def test_figure3net_equivariant_train_mode_and_backends(backend):
     dtype = torch.float32 if backend == "triton" else torch.float64
     m = Figure3Net(backend=backend, width=4).to(dtype)
     x = torch.randn(4, 1, 8, 8, dtype=dtype)
+    lift = make_plan("C4", 1, 0, 1, "view", 3, 3, "lift_conv")
+    if not backends.supports(backends.module(backend), lift, x, torch.zeros(1, 1, 3, 3, dtype=dtype))[0]:
+        with pytest.raises(RuntimeError, match=f"backend '{backend}' does not support this call"):
+            m(x)   # e.g. "fourier", a group_conv-only backend: asked for explicitly, a clear error
+        return
     y = m(x).view(4, 4, 10)
     for g in range(4):
         # rotating the input by 90°·g moves the 10-score blocks by g slots (the paper's Figure 4)
