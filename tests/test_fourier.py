@@ -267,6 +267,29 @@ def test_lift_conv_is_refused_clearly():
     assert not ok and "lifting convolution has no sum over the group" in reason
 
 
+def _auto_pick(name, C, B, HW, k=3):
+    n = groups.get(name).order
+    s, w = torch.empty(B, n, C, HW, HW), torch.empty(C, n, C, k, k)
+    return equifast.backends.resolve("auto", check_group(s, w, None, name, 1, k // 2, 1, "view"), s, w,
+                                     "group_conv").NAME
+
+
+def test_auto_takes_fourier_only_where_measured_faster():
+    """The rule set from bench/fourier_group_conv.py: large 3x3 layers of order >= 4 at one thread;
+    with more threads only groups with n² / blocks >= 5; never 1x1 kernels or small layers."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _auto_pick("C4", 32, 8, 32) == "fourier" and _auto_pick("D4", 32, 8, 32) == "fourier"
+        assert _auto_pick("C4", 16, 32, 8) != "fourier"          # Figure3Net's conv2 on 8x8 digits
+        assert _auto_pick("D4", 64, 8, 32, k=1) != "fourier"     # 1x1 shortcut
+        assert _auto_pick("C2", 64, 8, 32) != "fourier"
+        torch.set_num_threads(2)
+        assert _auto_pick("C4", 32, 8, 32) != "fourier" and _auto_pick("C8", 32, 8, 32) == "fourier"
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_bad_arguments_are_reported_by_the_op():
     s, w, b = make_problem("group_conv", "C4", H=6)
     with pytest.raises(ValueError, match="group axis of size 4"):
