@@ -188,7 +188,8 @@ def networks(args):
 def summary(results, meta):
     lines = [f"# fourier vs torch backend (CPU)", "", f"- command: `{meta['command']}`",
              f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: load averages recorded "
-             f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}", ""]
+             f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}",
+             "- GPU: none (CPU-only machine; the CUDA ratios asked for are not measured)", ""]
     if "ops" in results:
         lines += ["## group_conv forward+backward, float32, 32x32, 3x3 (medians, interleaved)", "",
                   "| group | C_in->C_out | B | threads | torch ms | fourier ms | speedup | load (1 min) |",
