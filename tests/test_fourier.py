@@ -90,6 +90,20 @@ def test_bad_basis_is_refused_with_a_clear_error():
         basis.check(broken, basis.right_regular(group.cayley_tensor()))
 
 
+def test_group_without_a_basis_is_refused_and_auto_falls_back(monkeypatch):
+    """A basis that misses the 1e-12 check (forced here by a negative tolerance) is a clear refusal."""
+    group = _custom("fourier-C2xC2-refused", _table([(a, b) for a in range(2) for b in range(2)],
+                                                    lambda x, y: ((x[0] + y[0]) % 2, (x[1] + y[1]) % 2)))
+    monkeypatch.setattr(basis, "TOLERANCE", -1.0)
+    monkeypatch.setattr(basis, "_CACHE", {})
+    s, w, b = make_problem("group_conv", group.name, H=5)
+    with pytest.raises(RuntimeError, match=r"backend 'fourier' does not support this call: .*basis of group "
+                                           r"fourier-C2xC2-refused is off by"):
+        equifast.group_conv(s, w, b, group=group.name, padding=1, backend="fourier")
+    want = equifast.group_conv(s, w, b, group=group.name, padding=1, backend="reference")
+    assert max_err(equifast.group_conv(s, w, b, group=group.name, padding=1), want) <= 1e-10
+
+
 # ------------------------------------------------------------------------------------------------
 # The op against the reference (float64, 1e-10)
 # ------------------------------------------------------------------------------------------------

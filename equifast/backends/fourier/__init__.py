@@ -40,7 +40,11 @@ def supports(plan, x, weight):
         kh, kw = weight.shape[-2:]
         if kh != kw and plan.group.quarter_turns:
             return False, "fourier: frame='canonical' with a non-square kernel is not supported"
-        if not _acts_trivially(plan.group, kh, kw):
+        try:
+            trivial = _acts_trivially(plan.group, kh, kw)
+        except Exception as exc:   # a custom image action that cannot act on kh x kw
+            return False, f"fourier: frame='canonical' needs the action on the {kh}x{kw} kernel ({exc})"
+        if not trivial:
             return False, (f"fourier: frame='canonical' is supported only where every element of {plan.group.name} "
                            f"leaves the kernel unchanged (e.g. 1x1 kernels), where it equals frame='view'; with a "
                            f"{kh}x{kw} kernel the canonical filters act(w, g) differ per output copy and the group "

@@ -299,7 +299,7 @@ def operator(basis: Basis) -> torch.Tensor:
     return total
 
 
-_CACHE: Dict[str, Tuple[object, Basis]] = {}
+_CACHE: Dict[str, Tuple[object, object]] = {}   # name -> (group, Basis or BasisError)
 _LOCK = threading.Lock()
 
 
@@ -323,8 +323,19 @@ def get(group) -> Basis:
     """The basis of ``group`` (an equifast Group), built once per group object and cached."""
     with _LOCK:
         hit = _CACHE.get(group.name)
-    if hit is not None and hit[0] is group:
-        return hit[1]
+    if hit is None or hit[0] is not group:
+        try:
+            hit = (group, _build(group))
+        except BasisError as exc:        # remembered: ``supports`` asks on every call
+            hit = (group, exc)
+        with _LOCK:
+            _CACHE[group.name] = hit
+    if isinstance(hit[1], BasisError):
+        raise hit[1]
+    return hit[1]
+
+
+def _build(group) -> Basis:
     cayley = group.cayley_tensor()
     R = right_regular(cayley)
     kind = _cyclic_or_dihedral(group)
@@ -336,6 +347,4 @@ def get(group) -> Basis:
     else:
         basis = numeric(cayley, group.name)      # checked inside
     check_operator(basis, R)
-    with _LOCK:
-        _CACHE[group.name] = (group, basis)
     return basis
