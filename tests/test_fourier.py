@@ -239,6 +239,21 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(t.grad, g)
 
 
+def test_export_round_trip():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(make_problem("group_conv", "D4", C_in=3, C_out=2, dtype=torch.float32)[1])
+
+        def forward(self, s):
+            return equifast.group_conv(s, self.w, group="D4", padding=1, backend="fourier")
+
+    layer, s = Layer(), make_problem("group_conv", "D4", C_in=3, H=6, dtype=torch.float32)[0]
+    exported = torch.export.export(layer, (s,))
+    torch.testing.assert_close(exported.module()(s), layer(s))
+    assert any("equifast.group_conv" in str(node.target) for node in exported.graph.nodes)
+
+
 # ------------------------------------------------------------------------------------------------
 # Equivariance, frames and refusals
 # ------------------------------------------------------------------------------------------------
