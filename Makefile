@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 # CPU build of torch (installs from local disk here); triton 3.8 runs its interpreter on CPU tensors.
 DEPS := torch==2.13.0 numpy triton==3.8.0 pytest hypothesis pytest-benchmark scikit-learn matplotlib tqdm ninja
 PYTEST_ARGS ?=
+ESCNN_VENV ?= .venv-escnn
 
 STUDY_ARGS ?=
 
-.PHONY: setup build test demo study check bench bench-quick cuda-compile-check gpu-static-check gpu-test sanitize sanitize-cpu clean
+.PHONY: setup build test test-escnn demo study check bench bench-quick cuda-compile-check gpu-static-check gpu-test sanitize sanitize-cpu clean
 
 $(VENV)/.deps-stamp: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,25 @@ setup: $(VENV)/.deps-stamp build
 build: $(VENV)/.deps-stamp
 	$(PY) setup.py -q build_ext --inplace
 
-test: setup
+# The whole suite in .venv, then the tests that compare with escnn in $(ESCNN_VENV) (they skip in .venv).
+test: setup $(ESCNN_VENV)/.deps-stamp
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-escnn
+
+# escnn (the library users migrate from) in a side environment that reuses .venv: escnn's own pins
+# (numpy 1.x for lie_learn's wheel, scikit-learn 1.5 for its kernel setup) cannot live in .venv;
+# py3nj needs Fortran and is not needed for the regular-field layers equifast converts.
+$(ESCNN_VENV)/.deps-stamp: $(VENV)/.deps-stamp
+	test -x $(ESCNN_VENV)/bin/python || $(PYTHON) -m venv $(ESCNN_VENV)
+	echo 'import site; site.addsitedir("'"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"'")' \
+		> "$$($(ESCNN_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/main_venv.pth"
+	$(ESCNN_VENV)/bin/python -m pip install -q "numpy<2" "scikit-learn==1.5.2"
+	$(ESCNN_VENV)/bin/python -m pip install -q --no-deps escnn==1.0.11 lie_learn==0.0.2 pymanopt==2.2.1 requests urllib3 idna certifi
+	touch $@
+
+# The migration tests against escnn itself (they skip in .venv, where escnn is not installed).
+test-escnn: setup $(ESCNN_VENV)/.deps-stamp
+	$(ESCNN_VENV)/bin/python -m pytest -q tests/test_interop.py tests/test_nn.py -k "escnn or docs or interop"
 
 demo: setup
 	$(PY) -m equifast demo
