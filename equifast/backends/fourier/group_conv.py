@@ -1,22 +1,23 @@
 """View-frame group convolution in the group-Fourier basis (see ``basis``): per run of irreducible
-copies of one dimension d (at most n/2 rows: C4 3 runs, C8 4, C16 3, D4 2, D8 3), one grouped conv2d.
+copies of one dimension d (at most n/2 rows: C4, C8, C16 and D8 3 runs, D4 2), one grouped conv2d.
 
 forward, per run (S groups of d*C_in -> d*C_out channels):
     U = t_in ·_g s                       mix of the group axis          [B, S*d, C_in, H, W]
     Ŵ = t_w ·_h w                        transformed filters            [S*d*C_out, d*C_in, kh, kw]
     Y = conv2d(U, Ŵ, groups=S)           the only heavy step            [B, S*d, C_out, H', W']
     out += t_out ·_g Y                                                  [B, n, C_out, H', W']
-The bias enters the block that holds the trivial representation as the grouped conv's bias.
-backward, per block, with the same matrices transposed (no recomputed forward, no autograd):
+The bias enters the run that holds the trivial representation as the grouped conv's bias.
+backward, per run, with the same matrices transposed (no recomputed forward, no autograd):
     gY = t_outᵀ ·_g grad_out;  gU, gŴ = convolution_backward(gY, U, Ŵ, groups=S)
     grad_s += t_inᵀ ·_g gU;    grad_w += t_wᵀ ·_h gŴ
 Mixes keep the stack's layout: contiguous [B, n, C, H, W] stacks are mixed as [B, n, C*H*W]
-matrices; channels_last stacks (memory B, H, W, n, C) as [B*H*W, n, C], so that a block's U is a
+matrices; channels_last stacks (memory B, H, W, n, C) as [B*H*W, n, C], so that a run's U is a
 channels_last image for the convolution without a copy.
 
-Precision: float32/float64 compute in their own dtype. float16/bfloat16 mix in float32 and round
-U and Ŵ once for the convolution (on CPU the whole layer runs in float32 and rounds once: oneDNN's
-CPU float16 convolution is unreliable, see ``equifast.backends._conv2d``).
+Precision: float32/float64 compute in their own dtype. bfloat16 (and float16 off CPU) mixes in
+float32 and convolves in its own dtype (U, Ŵ and Y are rounded to it); float16 on CPU runs in float32
+and rounds once (oneDNN's CPU float16 convolution is unreliable, see ``equifast.backends._conv2d``).
+Autocast is switched off inside: the dtypes are the ones chosen here.
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ def _forward(s, weight, bias, plan):
         if bias is not None and bias_vec is not None:
             b = (bias_vec[:, None] * bias.to(mix_dtype)[None, :]).reshape(-1).to(conv_dtype)
         Y = _conv(U, w_hat, b, plan, S)
-        del U                                   # peak memory: one block's operands at a time
+        del U                                   # peak memory: one run's operands at a time
         out = mix(t_out, unflatten_stack(Y, t_in.shape[0]).to(mix_dtype), cl, accumulate=out)
         del Y
     return out.to(dtype)
@@ -210,7 +211,7 @@ def _backward(grad_out, s, weight, plan, output_mask):
         else:  # the input gradient reads only U's shape and layout
             U = _empty_image(s.shape[0], t_in.shape[0] * s.shape[2], s.shape[3], s.shape[4], cl, conv_dtype, s.device)
         gU, gW = _conv_backward(gY, U, w_hat, plan, S, need_x, need_w)
-        del gY, U                               # peak memory: one block's operands at a time
+        del gY, U                               # peak memory: one run's operands at a time
         if need_x:
             fmt = torch.channels_last if cl else torch.contiguous_format
             gU = unflatten_stack(gU.contiguous(memory_format=fmt).to(mix_dtype), t_in.shape[0])
