@@ -200,7 +200,7 @@ def lift_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, group
         frame: "view" — out[:, g] = conv2d(act(x, g⁻¹), weight), exactly equivariant under the
             regular action for any kernel, stride, padding and dilation; or "canonical" —
             out[:, g] = conv2d(x, act(weight, g)), the G-CNN lifting layer.
-        backend: "auto", "reference", "torch", "triton", "cuda" or "cpu".
+        backend: "auto", "reference", "torch", "triton", "cuda", "cpu" or "fourier" (group_conv only).
 
     Returns:
         [B, n, C_out, H', W'] with n = |G| (channels_last stack when x is channels_last).

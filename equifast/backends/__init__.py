@@ -7,6 +7,8 @@ after it, and the registry that picks one per call (``_registry``).
 ``triton``              fused Triton kernels (CUDA; CPU under ``TRITON_INTERPRET=1``)
 ``cpu``                 fused C++ kernels (csrc/cpu/) through ``equifast._C``
 ``cuda``                fused CUDA C++ kernels (csrc/cuda/) through ``equifast._C``
+``fourier``             group_conv in the group-Fourier basis of the group axis (plain PyTorch);
+                        refuses lift_conv
 ======================  =========================================================================
 
 A backend module defines
