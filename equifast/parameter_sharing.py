@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._cache import ParameterCache
+
 __all__ = [
     "Action", "symmetric", "cyclic_shifts", "image_action", "regular", "trivial", "product",
     "diagonal", "wreath", "from_generators", "edge_orbits", "EquivariantLinear", "DeepSets",
@@ -313,7 +315,7 @@ def edge_orbits(in_action: Action, out_action: Action) -> Tuple[Tensor, int]:
 # ---------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------
-class EquivariantLinear(nn.Module):
+class EquivariantLinear(ParameterCache):
     """Linear layer [..., N, in_channels] -> [..., M, out_channels], equivariant by parameter sharing.
 
     ``y[..., m, :] = sum_n W[m, n] @ x[..., n, :] + b[m]`` with ``W[m, n] = weight[orbit(m, n)]``
@@ -377,7 +379,7 @@ class EquivariantLinear(nn.Module):
             onehot = torch.zeros(k * M, N, device=device, dtype=dtype or torch.get_default_dtype())
             onehot.view(k, M * N).scatter_(0, edge.reshape(1, -1).to(onehot.device), 1.0)
             self.register_buffer("orbit_basis", onehot, persistent=False)
-        self._cache = None
+        self.clear_cache()
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
@@ -388,21 +390,13 @@ class EquivariantLinear(nn.Module):
             nn.init.uniform_(self.weight, -bound, bound)
             if self.bias is not None:
                 nn.init.uniform_(self.bias, -bound, bound)
-        self._cache = None
+        self.clear_cache()
 
     def extra_repr(self) -> str:
         return (f"in_size={self.in_size}, out_size={self.out_size}, in_channels={self.in_channels}, "
                 f"out_channels={self.out_channels}, edge_orbits={self.num_edge_orbits}, mode={self.mode}, "
                 f"bias_orbits={self.num_bias_orbits if self.bias is not None else 0}, "
                 f"in_action={self.in_action.name}, out_action={self.out_action.name}")
-
-    def train(self, mode: bool = True):
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
 
     # -------------------------------------------------------------- dense form
     def dense_weight(self) -> Tensor:
@@ -419,25 +413,12 @@ class EquivariantLinear(nn.Module):
         b = self.dense_bias()
         return W, (None if b is None else b.reshape(M * Co))
 
-    def _cache_key(self):
-        key = [self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device]
-        if self.bias is not None:
-            key += [self.bias._version, self.bias.data_ptr(), self.bias.dtype]
-        key += [id(self.weight), id(self.bias)]
-        return tuple(key)
-
     def _dense(self) -> Tuple[Tensor, Optional[Tensor]]:
         needs_grad = torch.is_grad_enabled() and (
             self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
         if self.training or needs_grad:
             return self._build()
-        key = self._cache_key()
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1], self._cache[2]
-        with torch.no_grad():
-            W, b = self._build()
-        self._cache = (key, W, b)
-        return W, b
+        return self.cached(self._build)
 
     @torch.no_grad()
     def load_dense_(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -466,7 +447,7 @@ class EquivariantLinear(nn.Module):
             self.bias.copy_(torch.zeros_like(self.bias).index_add_(0, self.bias_orbit, bias) / bc[:, None])
             if bias.numel():
                 dev = torch.maximum(dev, (self.dense_bias() - bias).abs().max())
-        self._cache = None
+        self.clear_cache()
         return dev
 
     # ---------------------------------------------------------------- forward

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .. import groups as _groups
 from .._args import make_plan
+from .._cache import ParameterCache
 from ..ops import group_conv, lift_conv
 from . import _plain
 from ._frame import get_default_frame
@@ -63,7 +64,7 @@ def _padding_arg(padding):
     return _pair(padding)
 
 
-class _GroupConvBase(nn.Module):
+class _GroupConvBase(ParameterCache):
     _op = None
     _in_dim = 4
     _input_text = ""
@@ -94,7 +95,7 @@ class _GroupConvBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self._cache = None
+        self.clear_cache()
         self.reset_parameters()
 
     @property
@@ -111,7 +112,7 @@ class _GroupConvBase(nn.Module):
             fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight)
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
-        self._cache = None
+        self.clear_cache()
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -161,16 +162,7 @@ class _GroupConvBase(nn.Module):
 
     def _fast_operands(self):
         """The cached (filter bank, bias) of the eval fast path, rebuilt when stale (None: no fast path)."""
-        w, b = self.weight, self.bias
-        key = (w._version, w.data_ptr(), w.dtype, w.device,
-               None if b is None else (b._version, b.data_ptr()))
-        cache = self._cache
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        with torch.inference_mode(False), torch.no_grad():
-            operands = self._build_fast_operands()
-        self._cache = (key, operands)
-        return operands
+        return self.cached(self._build_fast_operands)
 
     def _build_fast_operands(self):
         raise NotImplementedError
@@ -178,21 +170,6 @@ class _GroupConvBase(nn.Module):
     def _fast_forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def clear_cache(self) -> None:
-        """Drop the cached filter bank of the eval fast path (rebuilt on the next eval call)."""
-        self._cache = None
-
-    def train(self, mode: bool = True):
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super()._load_from_state_dict(*args, **kwargs)
 
     def _wrong_rank(self, x: Tensor) -> None:
         raise NotImplementedError
