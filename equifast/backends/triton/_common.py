@@ -152,15 +152,14 @@ def prune_configs(configs, args):
     """The configs the autotuner tries for a launch with arguments ``args`` (name -> value): the
     pipelined tiles fit in shared memory (the rest could not launch) and, for the forward GEMM, the
     tile suits its K walk (flattened: BLOCK_M·BLOCK_K <= 2048 and BLOCK_N <= 128; tap walk:
-    BLOCK_K >= 32 and BLOCK_N·BLOCK_K <= 8192, for float32 <= 4096 and BLOCK_M·BLOCK_N <= 16384:
+    BLOCK_K >= 32 and BLOCK_N·BLOCK_K <= 8192, for float32 BLOCK_K = 32 and BLOCK_M·BLOCK_N <= 16384:
     the configs tools/gpu_static_check.py found spill-free and fastest by its model)."""
     itemsize = next(v for v in args.values() if hasattr(v, "element_size")).element_size()
     keep = [c for c in configs if shared_bytes(c, itemsize) <= SHARED_MEMORY - 8 * 1024]
     if "TAP_MODE" in args:
         if args["TAP_MODE"]:
-            most = 8192 if itemsize <= 2 else 4096           # float32 tiles: half the elements
-            keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 32 and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= most
-                    and (itemsize <= 2 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 16384)]
+            keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 32 and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 8192
+                    and (itemsize <= 2 or (c.kwargs["BLOCK_K"] == 32 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 16384))]
         else:
             keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] <= 2048 and c.kwargs["BLOCK_N"] <= 128]
     return keep
