@@ -218,3 +218,17 @@ def test_run_writes_results_table_and_plot(tmp_path, capsys):
 def test_bad_arguments_are_reported(tmp_path, capsys, argv, message):
     assert study.run(_parse(argv + ["--out", str(tmp_path)])) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow   # spawns two fresh Python processes (about 10 s of imports)
+def test_jobs_give_the_same_runs_as_one_process(tmp_path):
+    base = ["--models", "cnn,C4=p", "--fractions", "0.05", "--seeds", "2", "--steps", "2", "--width", "2",
+            "--test-limit", "10", "--eq-images", "2", "--timing-rounds", "1", "--no-progress"]
+    results = []
+    for jobs in ("1", "2"):
+        assert study.run(_parse(base + ["--jobs", jobs, "--out", str(tmp_path / jobs)])) == 0
+        results.append(json.loads((tmp_path / jobs / "results.json").read_text()))
+    keep = ("model", "seed", "n_train", "accuracy", "number_angle", "final_loss")
+    one, two = ([{k: r[k] for k in keep} for r in res["runs"]] for res in results)
+    assert one == two and len(one) == 4
+    assert results[1]["config"]["jobs"] == 2
