@@ -192,8 +192,8 @@ def supports_device(plan, x: torch.Tensor, device_type: str, dtypes) -> Tuple[bo
 
 
 def lift_conv_forward(x, weight, bias, plan):
-    xperm, kperm = lift_tables(plan, x.shape[-2], x.shape[-1], weight.shape[-2], weight.shape[-1], x.device)
-    return compiled_ops().lift_conv(x, weight, bias, xperm, kperm, plan.order, list(plan.stride),
+    xmap, kperm = lift_tables(plan, x.shape[-2], x.shape[-1], weight.shape[-2], weight.shape[-1], x.device)
+    return compiled_ops().lift_conv(x, weight, bias, xmap, kperm, plan.order, list(plan.stride),
                                     list(plan.padding), list(plan.dilation))
 
 
@@ -204,9 +204,9 @@ def group_conv_forward(s, weight, bias, plan):
 
 
 def lift_conv_backward(grad_out, x, weight, plan, output_mask):
-    xperm, kperm = lift_tables(plan, x.shape[-2], x.shape[-1], weight.shape[-2], weight.shape[-1], x.device)
+    xmap, kperm = lift_tables(plan, x.shape[-2], x.shape[-1], weight.shape[-2], weight.shape[-1], x.device)
     mask = [bool(output_mask[0]), bool(output_mask[1])]
-    gx, gw = compiled_ops().lift_conv_backward(grad_out, x, weight, xperm, kperm, plan.order, list(plan.stride),
+    gx, gw = compiled_ops().lift_conv_backward(grad_out, x, weight, xmap, kperm, plan.order, list(plan.stride),
                                                list(plan.padding), list(plan.dilation), mask)
     return (gx if mask[0] else None), (gw if mask[1] else None), None
 
