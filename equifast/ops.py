@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import backends as _backends
 from . import groups as _groups
-from ._args import ConvPlan, check_group, check_lift, out_size, plan_from_schema
+from ._args import ConvPlan, check_geometry, check_group, check_lift, out_size, plan_from_schema
 from ._layout import empty_grads, empty_stack, is_channels_last, same_layout, stack_like
 
 __all__ = ["lift_conv", "group_conv"]
@@ -37,7 +37,8 @@ __all__ = ["lift_conv", "group_conv"]
 def _forward(kind: str, inp: Tensor, weight: Tensor, bias: Optional[Tensor], plan: ConvPlan, backend: str) -> Tensor:
     B = inp.shape[0]
     n, C_out = plan.order, weight.shape[0]
-    Ho, Wo = plan.out_size(inp.shape[-2], inp.shape[-1], weight.shape[-2], weight.shape[-1])
+    # the Python wrappers checked the geometry already; a direct torch.ops.equifast call has not
+    Ho, Wo = check_geometry(kind, inp.shape[-2:], weight.shape[-2:], plan.stride, plan.padding, plan.dilation)
     channels_last = is_channels_last(inp)
     impl = _backends.resolve(backend, plan, inp, weight, kind)  # first: an explicit backend is checked for empty inputs too
     if inp.numel() == 0 or C_out == 0:

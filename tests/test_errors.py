@@ -99,3 +99,20 @@ def test_available_backends_lists_the_portable_ones():
     names = equifast.available_backends("cpu")
     assert "reference" in names and "torch" in names
     assert set(names) <= set(equifast.backends.NAMES)
+
+
+def test_direct_custom_op_calls_check_the_geometry():
+    """torch.ops.equifast.* skip the Python wrappers' checks; the op itself refuses bad geometry."""
+    x, w = torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="dilation"):
+        torch.ops.equifast.lift_conv(x, w, None, "C4", [1, 1], [0, 0, 0, 0], [2 ** 62, 1], "view", "auto")
+    with pytest.raises(ValueError, match="empty"):
+        torch.ops.equifast.lift_conv(x, w, None, "C4", [1, 1], [0, 0, 0, 0], [3, 1], "view", "auto")
+    s, w5 = torch.randn(1, 4, 1, 5, 5), torch.randn(1, 4, 1, 3, 3)
+    with pytest.raises(ValueError, match="padding"):
+        torch.ops.equifast.group_conv(s, w5, None, "C4", [1, 1], [2 ** 62, 2 ** 62, 0, 0], [1, 1], "view", "auto")
+    # a huge stride is valid (as in conv2d): one output row
+    assert torch.ops.equifast.group_conv(s, w5, None, "C4", [2 ** 62, 1], [0, 0, 0, 0], [1, 1], "view",
+                                         "auto").shape == (1, 4, 1, 1, 3)
+    assert torch.ops.equifast.group_conv(s, w5, None, "C4", [1, 1], [1, 1, 1, 1], [1, 1], "view", "auto").shape \
+        == (1, 4, 1, 5, 5)

@@ -141,7 +141,7 @@ def test_missing_extension_warns_once_and_reports_unavailable(monkeypatch):
 
 
 def _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W, k=3, B=1, C=1, Co=2):
-    """The index maths of csrc/cuda/equiconv_cuda.cuh's grad_input_kernel (a gather through the inverse
+    """The index maths of csrc/cuda/equiconv_kernel.cu's grad_input_kernel (a gather through the inverse
     pixel table) and grad_weight_kernel (per-tap reductions folded by the inverse weight index), in
     Python, so that CI without a GPU still checks them against the CPU kernels."""
     n = groups.get(group).order
