@@ -26,7 +26,7 @@ Example (an escnn regular-field tensor through an equifast group convolution)::
     >>> to_field_major(out).shape                     # back to [B, C*n, H, W] for escnn
     torch.Size([2, 64, 16, 16])
 
-The canonical frame follows escnn's conventions for C_n (DESIGN §2): an escnn ``R2Conv`` between
+The canonical frame follows escnn's conventions for C_n (docs/conventions.md): an escnn ``R2Conv`` between
 regular fields, exported to a plain conv, is a canonical-frame ``lift_conv`` / ``group_conv``.
 GrouPy orders the elements of p4 / p4m its own way; the channel layout is the same, but map its
 element order onto equifast's (``groups.get("C4")``: element k = rotation by 90°·k counter-clockwise)

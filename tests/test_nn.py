@@ -326,7 +326,7 @@ def test_lift_to_conv2d_view_identity(group):
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     y = layer(x)
     conv_out = layer.to_conv2d()(x).view_as(y)
-    for g in range(G.order):   # DESIGN identity: canonical copy g = g · (view copy g)
+    for g in range(G.order):   # the frames' identity (docs/conventions.md): canonical copy g = g · (view copy g)
         torch.testing.assert_close(conv_out[:, g], G.act(y[:, g], g))
     torch.testing.assert_close(layer.export()(x), y)
     strided = enn.LiftConv2d(2, 4, 3, stride=2, padding=1, group=group)
