@@ -25,7 +25,21 @@ from torch import nn
 
 import equifast
 
-BACKENDS = equifast.available_backends("cpu")
+
+
+def _runs_the_net(name):
+    """Whether backend ``name`` runs both layers of ``Net`` (a view lift and a canonical 3x3 group conv;
+    e.g. the group_conv-only "fourier" backend does not: its refusals are tested elsewhere)."""
+    from equifast import backends
+    from equifast._args import make_plan
+    mod = backends.module(name)
+    lift = make_plan("C4", 1, 1, 1, "view", 3, 3, "lift_conv")
+    gconv = make_plan("C4", 1, 1, 1, "canonical", 3, 3, "group_conv")
+    return (backends.supports(mod, lift, torch.zeros(1, 1, 8, 8), torch.zeros(3, 1, 3, 3))[0]
+            and backends.supports(mod, gconv, torch.zeros(1, 4, 3, 8, 8), torch.zeros(4, 4, 3, 3, 3))[0])
+
+
+BACKENDS = [name for name in equifast.available_backends("cpu") if _runs_the_net(name)]
 WORLD = 2
 STEPS = 3
 GLOBAL_BATCH = 4

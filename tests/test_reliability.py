@@ -167,6 +167,16 @@ def assert_same_masks(what, got, ref):
                                       f", reference {ref[tuple(diff.nonzero()[0])]})")
 
 
+MIXES_COPIES = {"fourier"}   # backends that may turn ±Inf into NaN (docs/fourier.md)
+
+
+def assert_same_nonfinite(what, got, ref):
+    """The same elements are non-finite (NaN and ±Inf not told apart)."""
+    diff = torch.isfinite(got) ^ torch.isfinite(ref)
+    assert not bool(diff.any()), (f"{what}: non-finite mask differs from the reference at {int(diff.sum())} "
+                                  f"elements (first {diff.nonzero()[0].tolist()})")
+
+
 def bitwise_equal(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(-1).view(torch.uint8)
                                                                      if a.is_contiguous() else
@@ -317,12 +327,15 @@ def test_nonfinite_propagate_like_conv2d(target, op, group, frame):
     out, gx, gw, gb = (None if t is None else t.cpu() for t in grads(op, x, w, b, backend, **kw))
     x, w, b = x.cpu(), w.cpu(), b.cpu()
     out_ref, gx_ref, gw_ref, gb_ref = grads(op, x, w, b, "reference", **kw)
-    assert_same_masks(f"{backend} {op} output", out, out_ref)
+    # a backend that changes basis along the group axis (fourier) mixes an Inf of one copy into every
+    # coefficient, so ±Inf may come back as NaN (inf - inf): exactly the same elements are non-finite
+    same = assert_same_nonfinite if backend in MIXES_COPIES else assert_same_masks
+    same(f"{backend} {op} output", out, out_ref)
     assert_same_masks(f"{backend} {op} output vs dependencies", ~torch.isfinite(out) * 1.0,
                       _dependency_mask(op, x, w, **kw) * 1.0)
-    assert_same_masks(f"{backend} {op} grad_x", gx, gx_ref)
-    assert_same_masks(f"{backend} {op} grad_weight", gw, gw_ref)
-    assert_same_masks(f"{backend} {op} grad_bias", gb, gb_ref)
+    same(f"{backend} {op} grad_x", gx, gx_ref)
+    same(f"{backend} {op} grad_weight", gw, gw_ref)
+    same(f"{backend} {op} grad_bias", gb, gb_ref)
     finite = torch.isfinite(out_ref)
     torch.testing.assert_close(out[finite], out_ref[finite], rtol=1e-4, atol=1e-4)
 
@@ -453,6 +466,10 @@ def test_int32_guard_before_any_kernel(target, case):
     device, backend = split_target(target)
     op, group, x_shape, w_shape = BIG_CASES[case]
     x, w = _big(*x_shape, device=device), _big(*w_shape, device=device)
+    small = refused(backend, op, _big(*x_shape[:-2], 4, 4, device=device), _big(1, *w_shape[1:], device=device),
+                    group=group)
+    if small:   # the backend does not take this op or group at any size (e.g. fourier and lift_conv)
+        pytest.skip(f"backend {backend!r} refuses this op at any size: {small}")
     reason = refused(backend, op, x, w, group=group)
     if reason:  # refused up front: the reason must say why, and the explicit call must raise it
         assert any(t in reason for t in ("2^31", "2**31", "int32", "32-bit", str(2 ** 31 - 1))), reason
