@@ -311,7 +311,7 @@ def print_report(metrics, exact_rows, fig4, timing) -> None:
     fastest = min(timed, key=timed.get) if timed else None
     for name, t in timing.items():
         if t is None:
-            print(f"  {name:>10}: failed")
+            print(f"  {name:>10}: cannot train this model (reason above)")
             continue
         speed = f"  ({ref / t:.1f}x the reference)" if ref and name != "reference" else ""
         star = "  <- fastest" if name == fastest else ""
