@@ -304,8 +304,8 @@ def _auto_pick(name, C, B, HW, k=3):
 
 
 def test_auto_takes_fourier_only_where_measured_faster():
-    """The rule set from bench/fourier_group_conv.py: large 3x3 layers of order >= 4 at one thread;
-    with more threads only groups with n² / blocks >= 5; never 1x1 kernels or small layers."""
+    """The rule set from bench/fourier_group_conv.py: large 3x3 layers of order >= 4 (one thread or
+    two); never 1x1 kernels or small layers."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -314,7 +314,8 @@ def test_auto_takes_fourier_only_where_measured_faster():
         assert _auto_pick("D4", 64, 8, 32, k=1) != "fourier"     # 1x1 shortcut
         assert _auto_pick("C2", 64, 8, 32) != "fourier"
         torch.set_num_threads(2)
-        assert _auto_pick("C4", 32, 8, 32) != "fourier" and _auto_pick("C8", 32, 8, 32) == "fourier"
+        assert _auto_pick("C4", 32, 8, 32) == "fourier" and _auto_pick("C8", 32, 8, 32) == "fourier"
+        assert _auto_pick("C4", 16, 32, 8) != "fourier"
     finally:
         torch.set_num_threads(old)
 

@@ -60,10 +60,9 @@ def supports(plan, x, weight):
 # ``auto`` takes fourier where bench/fourier_group_conv.py measured it faster than the dense bank on CPU
 # (bench/results/fourier-*/): kernels of at least 3x3, groups of order >= 4, and layers whose dense
 # forward is at least MIN_DENSE_FLOP (below that the group-axis mixes and extra calls eat the gain;
-# 1x1 kernels never gain enough). With more than one torch thread it lost for C4 (16 dense blocks / 5)
-# on the shared 2-core machine, so there it also needs n² / (Fourier blocks) >= MIN_BLOCK_RATIO_THREADED.
+# 1x1 kernels never gain enough). The same holds at one and two threads on a quiet machine
+# (bench/results/fourier-2026-11-30-quiet; the loaded run's 2-thread losses were oversubscription).
 MIN_DENSE_FLOP = 4e8
-MIN_BLOCK_RATIO_THREADED = 5.0
 
 
 def dense_flop(plan, x, weight) -> float:
@@ -76,13 +75,9 @@ def dense_flop(plan, x, weight) -> float:
 
 def preferred(plan, x, weight):
     kh, kw = weight.shape[-2:]
-    if not (x.device.type == "cpu" and plan.order >= 4 and kh * kw >= 9
-            and dense_flop(plan, x, weight) >= MIN_DENSE_FLOP):
-        return False
-    if torch.get_num_threads() > 1:
-        return plan.order ** 2 / basis.get(plan.group).filter_blocks >= MIN_BLOCK_RATIO_THREADED
-    return True
+    return (x.device.type == "cpu" and plan.order >= 4 and kh * kw >= 9
+            and dense_flop(plan, x, weight) >= MIN_DENSE_FLOP)
 
 
-__all__ = ["NAME", "INDEX_BITS", "MIN_DENSE_FLOP", "MIN_BLOCK_RATIO_THREADED", "availability", "supports",
+__all__ = ["NAME", "INDEX_BITS", "MIN_DENSE_FLOP", "availability", "supports",
            "preferred", "dense_flop", "group_conv_forward", "group_conv_backward"]
