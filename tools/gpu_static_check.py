@@ -142,9 +142,9 @@ def loop_trips(name, v, meta):
     if name == "_conv_forward_kernel":
         steps = v["KH"] * v["KW"] * cd(v["C_in"], bk) if v["TAP_MODE"] else cd(v["KH"] * v["KW"] * v["C_in"], bk)
         return v["S"], steps
-    if name.endswith("backward_weight_kernel"):
+    if name.endswith("grad_weight_kernel"):
         return v["n"] * v.get("TT", 1), cd(v["CHUNK"], bk)
-    if name == "_lift_conv_backward_input_kernel":
+    if name == "_lift_conv_grad_input_kernel":
         return v["n"] * v.get("TT", 1), cd(v["K"], bk)
     return 1, cd(v["K"], bk)
 
@@ -276,7 +276,7 @@ def specialise(fn, args, kwargs):
 def _variant_kind(fn, pass_):
     name = fn.__name__.strip("_").replace("_kernel", "")
     if pass_ == "backward" and name.endswith("forward"):        # the forward GEMM computing a grad input
-        name += "_as_backward_input"
+        name += "_as_grad_input"
     return name
 
 

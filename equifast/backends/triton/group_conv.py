@@ -33,7 +33,7 @@ from ._common import adjoint_tap, gather_taps, pixel_bij, tile_2d, transposed_ta
 
 
 @triton.jit
-def _group_conv_backward_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
+def _group_conv_grad_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
                         n, C_in, H, W, C_out, Ho, Wo, KW, KK,
                         sdb, sdg, sdc, sdh, sdw, sgb, sgg, sgc, sgh, sgw,
                         sh, sw, pt, pl, dh, dw, M, K,
@@ -70,7 +70,7 @@ def _group_conv_backward_input_kernel(dy_ptr, w_ptr, gs_ptr, bx_slot, ktab, kwt,
 
 
 @triton.jit
-def _group_conv_backward_weight_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
+def _group_conv_grad_weight_kernel(dy_ptr, s_ptr, gw_ptr, bw_slot, ttab, twt,
                         n, C_in, H, W, C_out, Ho, Wo, KW, KK,
                         sdb, sdg, sdc, sdh, sdw, ssb, ssg, ssc, ssh, ssw,
                         sh, sw, pt, pl, dh, dw, M, N, CHUNK,
@@ -175,7 +175,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
         gs = _out_stack(s, s.shape)
         M, K = B * H * W, n * kh * kw * C_out
         (ktab, kwt), w_map = _kernel_map(plan, kh, kw, s.device, False)
-        kernel, meta = C.launcher(_group_conv_backward_input_kernel, ("M", "K", "C_in", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_group_conv_grad_input_kernel, ("M", "K", "C_in", "W_MAP", "WEIGHTED"))
         grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]), n)
         kernel[grid](grad_out, weight, gs, slots["bx"], ktab, kwt,
                      n, C_in, H, W, C_out, Ho, Wo, kw, kh * kw,
@@ -186,7 +186,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
     elif output_mask[1]:
         M, N = B * Ho * Wo, n * kh * kw * C_in
         (ttab, twt), w_map = _kernel_map(plan, kh, kw, s.device, True)
-        kernel, meta = C.launcher(_group_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_group_conv_grad_weight_kernel, ("M", "N", "C_out", "n", "W_MAP", "WEIGHTED"))
         splits, chunk = C.split_reduction(C_out, N, M, s.device)
         part = C.split_partials(splits, weight.shape, weight.dtype, s.device)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)

@@ -37,7 +37,7 @@ from ._common import adjoint_tap, gather_pixels, gather_taps, pixel_bij, tile_2d
 
 
 @triton.jit
-def _lift_conv_backward_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
+def _lift_conv_grad_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt,
                        C_in, H, W, C_out, Ho, Wo, KW, KK, n,
                        sdb, sdg, sdc, sdh, sdw, sgb, sgc, sgh, sgw,
                        sh, sw, pt, pl, dh, dw, M, K,
@@ -84,7 +84,7 @@ def _lift_conv_backward_input_kernel(dy_ptr, w_ptr, gx_ptr, ttab, twt, ktab, kwt
 
 
 @triton.jit
-def _lift_conv_backward_weight_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
+def _lift_conv_grad_weight_kernel(dy_ptr, x_ptr, gw_ptr, itab, iwt, ttab, twt,
                        C_in, H, W, C_out, Ho, Wo, KW, KK, n,
                        sdb, sdg, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
                        sh, sw, pt, pl, dh, dw, M, N, CHUNK,
@@ -195,7 +195,7 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
         gx = _alloc_like_input(x, x.shape)
         M, K = B * H * W, kh * kw * C_out
         (ttab, twt), (ktab, kwt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_x")
-        kernel, meta = C.launcher(_lift_conv_backward_input_kernel, ("M", "K", "C_in", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_lift_conv_grad_input_kernel, ("M", "K", "C_in", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
         grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(C_in, META["BLOCK_N"]),)
         kernel[grid](grad_out, weight, gx, ttab, twt, ktab, kwt,
                      C_in, H, W, C_out, Ho, Wo, kw, kh * kw, n,
@@ -207,7 +207,7 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
     elif output_mask[1]:
         M, N = B * Ho * Wo, kh * kw * C_in
         (itab, iwt), (ttab, twt), in_map, w_map = _maps(plan, H, W, kh, kw, x.device, "bwd_w")
-        kernel, meta = C.launcher(_lift_conv_backward_weight_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
+        kernel, meta = C.launcher(_lift_conv_grad_weight_kernel, ("M", "N", "C_out", "n", "IN_MAP", "W_MAP", "WEIGHTED"))
         splits, chunk = C.split_reduction(C_out, N, M, x.device)
         part = C.split_partials(splits, weight.shape, weight.dtype, x.device)
         grid = lambda META: (triton.cdiv(C_out, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), splits)
