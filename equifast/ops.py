@@ -18,7 +18,7 @@ too, is one opaque op under torch.compile / export).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor

@@ -34,7 +34,7 @@ outer)`` (nested sets), ``from_generators(perms)``.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch

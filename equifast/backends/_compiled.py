@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import threading
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
