@@ -205,6 +205,38 @@ def test_autocast_runs_in_low_precision():
     assert out.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("name", ["C4", "D4", "C16", "fourier-S3", "fourier-Q8"])
+@pytest.mark.parametrize("conv", [dict(padding=1), dict(stride=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2))])
+def test_prepared_weight_forward_matches_the_op(name, conv):
+    """The eval-mode cache's pair: prepare_weight's filters (no autograd) give group_conv's forward, float64
+    to the reference at 1e-10 and bitwise the backend's own forward; a channels_last input too."""
+    from equifast.backends.fourier import group_conv as fgc
+    s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=4, H=8)
+    plan = check_group(s, w, b, name, conv.get("stride", 1), conv["padding"], conv.get("dilation", 1), "view")
+    prepared = fgc.prepare_weight(w.requires_grad_(), groups.get(name), s.device, s.dtype)
+    assert all(not h.requires_grad for h in prepared.hats)
+    want = equifast.group_conv(s, w.detach(), b, group=name, backend="reference", **conv)
+    for inp in (s, to_channels_last(s)):
+        out = fgc.forward_prepared(inp, prepared, b, plan)
+        assert out.shape == want.shape and max_err(out, want) <= 1e-10
+        assert torch.equal(out, fgc.group_conv_forward(inp, w.detach(), b, plan))
+    assert max_err(fgc.forward_prepared(s, prepared, None, plan),
+                   equifast.group_conv(s, w.detach(), None, group=name, backend="reference", **conv)) <= 1e-10
+
+
+def test_prepared_weight_low_precision_and_bad_input():
+    from equifast.backends.fourier import group_conv as fgc
+    s, w, b = make_problem("group_conv", "C8", B=2, C_in=4, C_out=4, H=8, dtype=torch.bfloat16)
+    plan = check_group(s, w, b, "C8", 1, 1, 1, "view")
+    prepared = fgc.prepare_weight(w, groups.get("C8"), s.device, torch.bfloat16)
+    out = fgc.forward_prepared(s, prepared, b, plan)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, fgc.group_conv_forward(s, w, b, plan))
+    with pytest.raises(ValueError, match=r"forward_prepared: s must be a \[B, 8, 4, H, W\] stack of torch.bfloat16"):
+        fgc.forward_prepared(s.float(), prepared, b, plan)
+    with pytest.raises(ValueError, match=r"prepare_weight: weight must be \[C_out, 4, C_in, kh, kw\] for group C4"):
+        fgc.prepare_weight(w, groups.get("C4"), s.device, s.dtype)
+
+
 # ------------------------------------------------------------------------------------------------
 # Autograd machinery
 # ------------------------------------------------------------------------------------------------
