@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SHARED_LIMIT = 227 * 1024          # the most dynamic shared memory one block can get on sm_90
+EXACT = ("C1", "C2", "C4", "D1", "D2", "D4")   # groups acting by exact pixel permutations
 
 # The issue-bound model (static; every number below is an assumption, not a measurement):
 # an H100 SXM (the peers below were measured on one): 132 SMs, 4 warp schedulers per SM, each
@@ -117,10 +118,16 @@ def record_launches(case, dtype_name, frame, layout, pass_):
         else:
             x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     plan = make_plan(case.group, case.stride, case.pad, 1, frame, case.kernel, case.kernel, case.op)
+    from equifast.backends.triton import _forward
     mod = lift_conv if case.op == "lift_conv" else group_conv
-    saved = _common.launcher
+    saved = _common.launcher, _forward.channels_last_copy
     _common.launcher = lambda kernel, key, configs=None: (_Recorder(kernel, key, configs), {})
     _Recorder.launches = []
+
+    def copy(t):                                 # a layout copy: recorded as a memory-bound pseudo-launch
+        _Recorder.launches.append((None, dict(bytes=2 * t.numel() * t.element_size()), {}, None, None))
+        return saved[1](t)
+    _forward.channels_last_copy = copy
     try:
         if pass_ == "forward":
             getattr(mod, f"{case.op}_forward")(x, w, None, plan)
@@ -130,7 +137,7 @@ def record_launches(case, dtype_name, frame, layout, pass_):
                 y = y.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
             getattr(mod, f"{case.op}_backward")(y, x, w, plan, (True, True, False))
     finally:
-        _common.launcher = saved
+        _common.launcher, _forward.channels_last_copy = saved
     return list(_Recorder.launches)
 
 
@@ -142,11 +149,9 @@ def loop_trips(name, v, meta):
     if name == "_conv_forward_kernel":
         steps = v["KH"] * v["KW"] * cd(v["C_in"], bk) if v["TAP_MODE"] else cd(v["KH"] * v["KW"] * v["C_in"], bk)
         return v["S"], steps
-    if name.endswith("grad_weight_kernel"):
-        return v["n"] * v.get("TT", 1), cd(v["CHUNK"], bk)
-    if name == "_lift_conv_grad_input_kernel":
-        return v["n"] * v.get("TT", 1), cd(v["K"], bk)
-    return 1, cd(v["K"], bk)
+    if name == "_conv_grad_weight_kernel":       # copies x (image, row band) chunks of one split
+        return v["copies"] * v["per_split"], cd(v["ROWS"] * v["Wo"], bk)
+    raise ValueError(f"no loop model for kernel {name}")
 
 
 # ---------------------------------------------------------------------------
@@ -280,6 +285,16 @@ def _variant_kind(fn, pass_):
     return name
 
 
+def _copy_row(bytes_):
+    """Model row of a layout copy (a memory-bound torch copy: read + write once, no kernel of ours)."""
+    t = bytes_ / MODEL["hbm_bytes_s"]
+    return dict(registers=0, stack=0, local=0, shared=0, compile_s=0, instructions=0, mma="-", local_stores=0,
+                local_loads=0, stores={}, tma_stores=0, loop=None, loop_instructions=0, loop_int=0, loop_div=0,
+                loop_mma=0, loop_ffma=0, loop_loads={}, loop_async={}, loop_tma=0, loop_local=0,
+                issue_s=0.0, memory_s=t, mma_s=0.0, total_s=t + MODEL["launch_s"], warp_instr_per_output=0.0,
+                bytes=bytes_)
+
+
 def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
     from equifast.backends.triton import _common
     variants, jobs = [], {}
@@ -288,7 +303,21 @@ def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
             for frame in frames:
                 for layout in layouts:
                     for pass_ in passes:
-                        for fn, args, kwargs, grid, space in record_launches(case, dtype, frame, layout, pass_):
+                        launches = record_launches(case, dtype, frame, layout, pass_)
+                        counts = collections.Counter(fn.__name__ for fn, *_ in launches if fn is not None)
+                        seen = collections.Counter()
+                        for fn, args, kwargs, grid, space in launches:
+                            base = dict(case=case.name, op=case.op, group=case.group, dtype=dtype, frame=frame,
+                                        layout=layout, pass_=pass_)
+                            if fn is None:                              # a layout copy
+                                variants.append(dict(base, kernel="channels_last_copy", config=0, key=None,
+                                                     meta=dict(BLOCK_M=0, BLOCK_N=0, BLOCK_K=0, num_warps=0,
+                                                               num_stages=0), copy=args["bytes"], values={}))
+                                continue
+                            kind = _variant_kind(fn, pass_)
+                            if counts[fn.__name__] > 1:                 # e.g. one launch per stride phase
+                                kind += f"[{seen[fn.__name__]}]"
+                                seen[fn.__name__] += 1
                             if hasattr(_common, "prune_configs"):     # what the autotuner would try
                                 space = _common.prune_configs(space, dict(zip(fn.arg_names, args), **kwargs))
                             if config_limit:
@@ -306,10 +335,8 @@ def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
                                 out = next(values[k] for k in ("y_ptr", "gx_ptr", "gs_ptr", "gw_ptr") if k in values)
                                 meta["outputs"] = out.numel()
                                 meta["fn"] = fn.__name__
-                                variants.append(dict(case=case.name, op=case.op, group=case.group, dtype=dtype,
-                                                     frame=frame, layout=layout, pass_=pass_,
-                                                     kernel=_variant_kind(fn, pass_), config=ci, meta=meta,
-                                                     key=key, values=scalars))
+                                variants.append(dict(base, kernel=kind, config=ci, meta=meta, key=key,
+                                                     values=scalars))
     return variants, jobs
 
 
@@ -366,8 +393,12 @@ def run(args):
     failures = []
     rows = []
     for v in variants:
-        res = results[v["key"]]
         row = {k: v[k] for k in ("case", "op", "group", "dtype", "frame", "layout", "pass_", "kernel", "config")}
+        if v["key"] is None:                                     # layout copy: modelled, not compiled
+            row.update(tile="-", **_copy_row(v["copy"]))
+            rows.append(row)
+            continue
+        res = results[v["key"]]
         row["tile"] = "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**v["meta"])
         row.update(res)
         if "error" in res:
@@ -375,7 +406,7 @@ def run(args):
                             f"{row['layout']} {row['tile']}: {res['error']}")
         else:
             row.update(model(v, res, by_name[v["case"]]))
-            exact = by_name[v["case"]].group in ("C1", "C2", "C4", "D1", "D2", "D4")
+            exact = by_name[v["case"]].group in EXACT
             if res["shared"] > SHARED_LIMIT:
                 failures.append(f"cannot launch ({res['shared']} B shared > {SHARED_LIMIT}): {row['kernel']} "
                                 f"{row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
@@ -422,7 +453,9 @@ def summarise(info, rows, failures):
             f"({sum(r['pass_'] == 'forward' for r in spills)} forward)",
             f"- variants whose inner loop has integer-division sequences: "
             f"{sum(r['loop_div'] > 0 for r in ok)} of {len(ok)} "
-            f"({sum(r['loop_div'] > 0 for r in ok if r['pass_'] == 'forward' and r['group'] != 'C8')} forward, exact group)",
+            f"({sum(r['loop_div'] > 0 for r in ok if r['pass_'] == 'forward' and r['group'] in EXACT)} forward and "
+            f"{sum(r['loop_div'] > 0 for r in ok if r['pass_'] == 'backward' and r['group'] in EXACT)} backward "
+            f"of exact groups)",
             f"- failures (exit status 1 if any): {len(failures)}", ""]
     out += [f"  - {f}" for f in failures[:40]]
     if len(failures) > 40:
@@ -453,20 +486,25 @@ def summarise(info, rows, failures):
             "Peers (forward, ms, H100, measured by the issue's author): naive loop over group elements, "
             "filter rotation + cuDNN. Ratio = peer time / modelled time (> 1: the model says faster). "
             "Best modelled config and layout per case, dtype and frame (the benchmarks use the view "
-            "frame). Pre-passes (filters; views of interpolated groups) are not in the model.", "",
+            "frame); a forward of several launches (a channels_last copy of a contiguous deep input, "
+            "modelled as read + write at the model's bandwidth + launch latency) is their sum, the "
+            "ms breakdown is the main kernel's. Filter pre-passes and the views of interpolated groups "
+            "are not in the model.", "",
             "| case | dtype | kernel | frame/layout | model ms (issue / memory / MMA) | vs naive | vs rotation+cuDNN |",
             "|---|---|---|---|---|---|---|"]
     fwd = collections.defaultdict(list)
-    for key, b in best.items():
-        if key[4] == "forward":
-            fwd[(key[0], key[1], key[2])].append(b)
-    for (case, dtype, frame), bs in sorted(fwd.items()):
-        b = min(bs, key=lambda r: r["total_s"])
+    for (case, dtype, frame, layout), parts in _launch_totals(best, "forward").items():
+        fwd[(case, dtype, frame)].append((layout, parts))
+    for (case, dtype, frame), options in sorted(fwd.items()):
+        layout, parts = min(options, key=lambda o: sum(r["total_s"] for r in o[1]))
+        total = sum(r["total_s"] for r in parts)
+        main = max(parts, key=lambda r: r["total_s"])
         peer = PEERS_H100_MS.get(case)
-        ms = 1e3 * b["total_s"]
+        ms = 1e3 * total
         ratios = (f"{peer['naive'] / ms:.2f}x", f"{peer['rotation_cudnn'] / ms:.2f}x") if peer else ("-", "-")
-        out.append(f"| {case} | {dtype} | {b['kernel']} | {b['frame']}/{b['layout']} | {ms:.3f} "
-                   f"({1e3 * b['issue_s']:.3f} / {1e3 * b['memory_s']:.3f} / {1e3 * b['mma_s']:.3f}) | "
+        extra = "".join(f" + {r['kernel']} {1e3 * r['total_s']:.3f}" for r in parts if r is not main)
+        out.append(f"| {case} | {dtype} | {main['kernel']}{extra} | {frame}/{layout} | {ms:.3f} "
+                   f"({1e3 * main['issue_s']:.3f} / {1e3 * main['memory_s']:.3f} / {1e3 * main['mma_s']:.3f}) | "
                    f"{ratios[0]} | {ratios[1]} |")
     out += ["", "## Model (static, assumptions)", "",
             "An H100 SXM: {sms} SMs x {schedulers} schedulers issuing 1 warp-instruction/cycle at {ghz} GHz; "
@@ -481,17 +519,42 @@ def summarise(info, rows, failures):
     return "\n".join(out) + "\n"
 
 
+def _launch_totals(best, pass_):
+    """{(case, dtype, frame, layout): [best row of each launch]} of one pass."""
+    out = collections.defaultdict(list)
+    for key, b in best.items():
+        if key[4] == pass_:
+            out[key[:4]].append(b)
+    return out
+
+
 def _best_per_launch(rows):
     """{(case, dtype, frame, layout, pass, launch kind): best modelled launchable variant}."""
     best = {}
     for r in rows:
         if "error" in r or r["shared"] > SHARED_LIMIT:
             continue
-        kind = "forward" if r["pass_"] == "forward" else r["kernel"].rsplit("_", 1)[-1]   # input / weight
-        key = (r["case"], r["dtype"], r["frame"], r["layout"], r["pass_"], kind)
+        key = (r["case"], r["dtype"], r["frame"], r["layout"], r["pass_"], r["kernel"])
         if key not in best or r["total_s"] < best[key]["total_s"]:
             best[key] = r
-    return best
+    merged = {}                  # one entry per launch kind: forward / input / weight (phases and copies summed)
+    for key, r in sorted(best.items()):
+        name = r["kernel"].split("[")[0]
+        kind = "forward" if r["pass_"] == "forward" else ("copy" if name.endswith("copy") else name.rsplit("_", 1)[-1])
+        mkey = key[:5] + (kind,)
+        if mkey not in merged:
+            merged[mkey] = dict(r, launches=1)
+        else:
+            m = merged[mkey]
+            slow = r if r["total_s"] > m["total_s"] / m["launches"] else m
+            merged[mkey] = dict(slow, launches=m["launches"] + 1, total_s=m["total_s"] + r["total_s"],
+                                warp_instr_per_output=m["warp_instr_per_output"] + r["warp_instr_per_output"],
+                                loop_div=max(m["loop_div"], r["loop_div"]),
+                                local_stores=max(m["local_stores"], r["local_stores"]))
+    for m in merged.values():
+        if m["launches"] > 1:
+            m["tile"] = f"{m['tile']} ({m['launches']} launches)"
+    return merged
 
 
 def compare(before, after, label):

@@ -1,15 +1,16 @@
 """The ``triton`` backend: fused Triton kernels for ``lift_conv`` and ``group_conv``.
 
 One GEMM launch each for the forward, the input gradient and the weight gradient (the bias
-gradient is left to the op, which reduces grad_out). The forward (``_forward``) reads exact
-rotations / flips of the input as affine views and folds the group into the GEMM's columns
-through a small pre-pass on the filters; the backward kernels fold the group action into their
-index math through small gather tables (``_common``). Runs on CUDA devices, and on CPU tensors
-under ``TRITON_INTERPRET=1`` (Triton's interpreter, used by the tests).
+gradient is left to the op, which reduces grad_out). Two kernels serve everything: the forward
+GEMM (``_forward``), which reads exact rotations / flips of the input as affine views and folds the
+group into the GEMM's columns through a small pre-pass on the filters, and also computes the input
+gradients (a transposed convolution of grad_out, one launch per stride phase); and the
+weight-gradient GEMM (``_grad_weight``), the forward's adjoint in its filters. Runs on CUDA
+devices, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter, used by the tests).
 
-This module is the backend's face: the kernels live in ``_forward.py``, ``lift_conv.py`` and
-``group_conv.py`` (host functions ``{op}_forward`` / ``{op}_backward`` beside their
-``@triton.jit`` kernels) and are imported on the first call. Importing this module imports nothing from Triton, compiles nothing
+This module is the backend's face: the kernels live in ``_forward.py`` and ``_grad_weight.py``, the
+host functions ``{op}_forward`` / ``{op}_backward`` in ``lift_conv.py`` and ``group_conv.py``; they
+are imported on the first call. Importing this module imports nothing from Triton, compiles nothing
 and queries no device; without Triton, ``availability`` says why the backend cannot run.
 See docs/triton.md.
 """

@@ -1,16 +1,11 @@
-"""Shared helpers of the Triton kernels: index-map tables, launch configuration, tile gathers.
+"""Shared host helpers of the Triton kernels: gather tables, launch configuration, split-K.
 
-Index maps. Every group action the kernels need is a *gather table*: for a destination position
-q (a pixel of an H x W image or a tap of a kh x kw kernel) and a group element e,
-``value[q] = Σ_t weight[e, q, t] · source[index[e, q, t]]``. Exact groups have one tap of weight 1
-(a permutation); interpolated C_n / D_n have the group's bilinear taps (weight 0 outside).
-The adjoint of a gather (needed by the backward passes) is again a gather: ``transpose_table``
-turns the table of e into the table of its transpose (for an exact group that is the inverse
-permutation, i.e. the table of e⁻¹), padded to the largest number of taps, so no backward
-kernel needs atomics.
-
-Tables are built on the host once per (group, size, device) and cached; the kernels load them
-as int32 / float32.
+No kernel reads a gather table: exact groups reach the kernels as affine views and filter
+pre-passes (``_forward``). The tables here serve the host-side pre-pass of views that are no
+affine map (interpolated C_n / D_n, arbitrary pixel permutations): for a destination pixel q and a
+group element e, ``value[q] = Σ_t weight[e, q, t] · source[index[e, q, t]]``; ``transpose_table``
+gives the adjoint gather (the view lift's input gradient), padded to the largest fan-in, so no
+atomics are needed. Tables are built once per (group, size, device) and cached.
 """
 from __future__ import annotations
 
@@ -19,7 +14,6 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 import triton
-import triton.language as tl
 
 from . import interpreting
 
@@ -85,16 +79,6 @@ def int_table(rows, device) -> torch.Tensor:
     hit = _CACHE.get(key)
     if hit is None:
         hit = torch.tensor(rows, dtype=torch.int32, device=device).contiguous()
-        with _LOCK:
-            _CACHE[key] = hit
-    return hit
-
-
-def dummy(device, dtype=torch.int32) -> torch.Tensor:
-    key = ("dummy", str(torch.device(device)), dtype)
-    hit = _CACHE.get(key)
-    if hit is None:
-        hit = torch.zeros(1, dtype=dtype, device=device)
         with _LOCK:
             _CACHE[key] = hit
     return hit
@@ -188,129 +172,10 @@ def launcher(kernel, key, configs=gemm_configs):
 
 
 def split_k(tiles: int, reduction: int, device) -> int:
-    """Number of reduction splits for the weight-gradient kernels (partial sums, reduced on the
-    host: deterministic, no atomics). Enough programs to fill the GPU, each at least 2048 rows."""
+    """Number of reduction splits for the weight-gradient kernel (float32 partials summed on the
+    host: deterministic, no atomics). Enough programs to fill the GPU, each at least 2048 pixels."""
     if interpreting() or torch.device(device).type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = max(1, (2 * sms) // max(tiles, 1))
     return int(max(1, min(want, reduction // 2048, 256)))
-
-
-def split_reduction(rows: int, cols: int, reduction: int, device):
-    """(splits, chunk) for a weight-gradient kernel with a rows x cols output reducing over
-    ``reduction`` pixels: ``chunk`` pixels per split, a multiple of every BLOCK_K."""
-    splits = split_k(triton.cdiv(rows, 64) * triton.cdiv(cols, 64), reduction, device)
-    chunk = triton.cdiv(triton.cdiv(reduction, splits), 128) * 128
-    return triton.cdiv(reduction, chunk), chunk
-
-
-def split_partials(splits: int, shape, dtype, device) -> torch.Tensor:
-    """Output of a weight-gradient kernel: the gradient itself (``dtype``) when unsplit, else
-    float32 partials [splits, *shape]; ``sum_partials`` turns it into the gradient."""
-    return torch.empty((splits, *shape), device=device, dtype=torch.float32 if splits > 1 else dtype)
-
-
-def sum_partials(part: torch.Tensor, dtype) -> torch.Tensor:
-    """The gradient from ``split_partials``' buffer (one launch unless split: then one small sum)."""
-    return part[0] if part.shape[0] == 1 else part.sum(0).to(dtype)
-
-
-# ---------------------------------------------------------------------------
-# Device side: tile prologue, transposed-conv index block, tile gathers
-# ---------------------------------------------------------------------------
-@triton.jit
-def tile_2d(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program ``pid``'s tile of an M x N output (tiles ordered row-major): row indices, column
-    indices and their in-bounds masks."""
-    num_n = tl.cdiv(N, BLOCK_N)
-    rm = (pid // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return rm, rn, rm < M, rn < N
-
-
-@triton.jit
-def pixel_bij(r, H, W):
-    """Flat pixel indices ``r`` over a B x H x W grid -> (b, i, j)."""
-    HW = H * W
-    return r // HW, (r % HW) // W, r % W
-
-
-@triton.jit
-def transposed_tap(vi, vj, tap, KW, dh, dw, sh, sw, Ho, Wo):
-    """Gather form of a transposed convolution: for padded input rows/columns (vi, vj) [M] and
-    kernel taps ``tap`` [K], the output pixel (ii, jj) [M, K] each tap reads and whether it exists
-    (vi - a·dh divisible by sh, inside [0, Ho) x [0, Wo); a = tap // KW, c = tap % KW)."""
-    inum = vi[:, None] - ((tap // KW) * dh)[None, :]
-    jnum = vj[:, None] - ((tap % KW) * dw)[None, :]
-    inum_c = tl.maximum(inum, 0)
-    jnum_c = tl.maximum(jnum, 0)
-    ii = inum_c // sh
-    jj = jnum_c // sw
-    ok = (inum >= 0) & (jnum >= 0) & (ii * sh == inum_c) & (jj * sw == jnum_c) & (ii < Ho) & (jj < Wo)
-    return ii, jj, ok
-
-
-@triton.jit
-def adjoint_tap(ttab, twt, g, tapp, t, KK, ok, MAP: tl.constexpr, TT: tl.constexpr):
-    """Tap t of the adjoint kernel table of element row ``g`` at taps ``tapp`` [N]: (source tap,
-    weight); without MAP the identity (tap = tapp, weight 1)."""
-    if MAP:
-        row = (g * KK + tapp) * TT + t
-        tap = tl.load(ttab + row, mask=ok, other=0)
-        cw = tl.load(twt + row, mask=ok, other=0.0)
-    else:
-        tap = tapp
-        cw = tl.zeros(tapp.shape, dtype=tl.float32) + 1.0
-    return tap, cw
-
-
-@triton.jit
-def gather_pixels(row_ptr, cofs, p, q, ok, tab_ptr, wt_ptr, g, H, W, sxh, sxw,
-                  MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Tile of images read at view pixels (p, q) (int32 tiles, ``ok`` = inside the image):
-    ``row_ptr`` are per-row (or per-column) base pointers (the 64-bit batch offset), ``cofs`` the
-    int32 channel/slot offsets. Without MAP: x[row + cofs + p*sxh + q*sxw]; with MAP the view of
-    element row ``g`` of the table, Σ_t wt[g, p*W+q, t] · x[row + cofs + pixel index[g, p*W+q, t]].
-    Offsets inside one sample are int32 (``supports`` guards per-sample extents < 2^31)."""
-    if MAP:
-        vp = tl.where(ok, p * W + q, 0)
-        row = (g * H * W + vp) * T
-        if WEIGHTED:
-            acc = tl.zeros(p.shape, dtype=tl.float32)
-            for t in tl.static_range(T):
-                src = tl.load(tab_ptr + row + t, mask=ok, other=0)
-                wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                # a zero-weight tap (outside the image) points at the placeholder pixel 0: skip it,
-                # or a NaN/Inf there would leak in as 0·NaN
-                v = tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok & (wgt != 0), other=0.0)
-                acc += wgt * v.to(tl.float32)
-            return acc.to(row_ptr.dtype.element_ty)
-        else:
-            src = tl.load(tab_ptr + row, mask=ok, other=0)
-            return tl.load(row_ptr + (cofs + (src // W) * sxh + (src % W) * sxw), mask=ok, other=0.0)
-    else:
-        return tl.load(row_ptr + (cofs + p * sxh + q * sxw), mask=ok, other=0.0)
-
-
-@triton.jit
-def gather_taps(w_ptr, base, tap, ok, tab_ptr, wt_ptr, g, KK,
-                MAP: tl.constexpr, T: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Tile of a (contiguous, taps innermost) weight read at taps ``tap`` (int32 offsets): without
-    MAP w[base + tap]; with MAP the kernel acted on by element row ``g``,
-    Σ_t wt[g, tap, t] · w[base + index[g, tap, t]]."""
-    if MAP:
-        row = (g * KK + tap) * T
-        if WEIGHTED:
-            acc = tl.zeros(tap.shape, dtype=tl.float32)
-            for t in tl.static_range(T):
-                src = tl.load(tab_ptr + row + t, mask=ok, other=0)
-                wgt = tl.load(wt_ptr + row + t, mask=ok, other=0.0)
-                v = tl.load(w_ptr + (base + src), mask=ok & (wgt != 0), other=0.0)  # skip zero-weight taps
-                acc += wgt * v.to(tl.float32)
-            return acc.to(w_ptr.dtype.element_ty)
-        else:
-            src = tl.load(tab_ptr + row, mask=ok, other=0)
-            return tl.load(w_ptr + (base + src), mask=ok, other=0.0)
-    else:
-        return tl.load(w_ptr + (base + tap), mask=ok, other=0.0)

@@ -25,6 +25,8 @@ division or modulo and no table. Two K walks (constexpr ``TAP_MODE``):
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -35,12 +37,12 @@ _FAR = tl.constexpr(-(1 << 24))   # a row/column offset that no tap brings back 
 
 
 @triton.jit
-def _conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, aff_ptr,
+def _conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, aff_ptr, rows_ptr,
                          S, C_in, H, W, N, C_out, Ho, Wo, HoWo, KH, KW,
                          sxb, sxs, sxc, swn, syb, syg, syc, syh, syw,
                          sh, sw, pt, pl, dh, dw,
                          TAP_MODE: tl.constexpr, PIX_FLAT: tl.constexpr, COL_FLAT: tl.constexpr,
-                         ALIGN: tl.constexpr,
+                         ALIGN: tl.constexpr, ROW_MAP: tl.constexpr,
                          HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     g = tl.program_id(1)                                   # input view / first output copy
@@ -72,6 +74,12 @@ def _conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, aff_ptr,
     w_cols = w_ptr + (rn * swn)[None, :]                   # swn = S·KT (an argument: its divisibility is known)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for s in range(0, S):
+        if ROW_MAP:                                        # slot s's own affine map of the output pixels
+            rs = rows_ptr + 6 * s                          # (once per slot, outside the K walk)
+            i0 = tl.load(rs) + tl.load(rs + 1) * oi + tl.load(rs + 2) * oj
+            j0 = tl.load(rs + 3) + tl.load(rs + 4) * oi + tl.load(rs + 5) * oj
+            i0m = tl.where(m_ok, i0, _FAR)
+            row = i0 * sph + j0 * spw
         xs = x_img + s * sxs
         ws = w_cols + s * KT
         if TAP_MODE:
@@ -221,10 +229,62 @@ def group_weight(weight, plan):
 
 
 def group_weight_adjoint(weight, plan):
-    """K-major filters of the group conv's input gradient at stride 1, a convolution of grad_out:
-    column (s, ci), K = (copy g, flipped tap, co): gs[s] = Σ_g conv_transpose(dy[g], filter(g, s))."""
-    w = _group_filters(weight, plan).permute(2, 3, 0, 1, 4, 5).flip(-2, -1)   # [n(s), C_in, n(g), C_out, kh, kw]
+    """Filters of the group conv's input gradient (``conv_transpose``, taps not flipped), K-major:
+    column (s, ci), slot g, taps, co: gs[s] = Σ_g conv_transpose(dy[g], filter(g, s))."""
+    w = _group_filters(weight, plan).permute(2, 3, 0, 1, 4, 5)            # [n(s), C_in, n(g), C_out, kh, kw]
     return k_major(w.reshape(-1, *w.shape[2:]))
+
+
+def lift_weight_adjoint(weight, plan, copies: int):
+    """Filters of the lift's input gradient (taps not flipped), K-major [C_in, copies, kh, kw, C_out]:
+    canonical frame act(w, g) for slot g of grad_out; view frame w itself for every slot."""
+    if plan.frame == "canonical" and plan.order > 1:
+        w = plan.group.act_all(weight, dim=0).transpose(1, 2)               # [n, C_in, C_out, kh, kw]
+    else:
+        w = weight.transpose(0, 1).unsqueeze(0).expand(copies, -1, -1, -1, -1)
+    return w.permute(1, 0, 3, 4, 2).contiguous()
+
+
+def inverse_rows(maps, top: int, left: int):
+    """Row maps (``ROW_MAP``) of the view lift's input gradient at stride 1: input pixel P of copy g
+    is view pixel (p, q) = Aᵀ·(P - t) of X_g[p, q] = x[t + A·(p, q)] (A a signed permutation), and
+    reads grad_out at (p - top, q - left) + taps: rows (u0, b00, b01, u1, b10, b11) with
+    i0 = u0 + b00·P0 + b01·P1, j0 = u1 + b10·P0 + b11·P1."""
+    rows = []
+    for a00, a01, a10, a11, t0, t1 in maps:
+        rows.append((-a00 * t0 - a10 * t1 - top, a00, a10, -a01 * t0 - a11 * t1 - left, a01, a11))
+    return rows
+
+
+def rows_invert(maps, H: int, W: int) -> bool:
+    """True when every map's transpose inverts it on H x W (what ``inverse_rows`` assumes)."""
+    P0 = torch.arange(H).repeat_interleave(W)
+    P1 = torch.arange(W).repeat(H)
+    for a00, a01, a10, a11, t0, t1 in maps:
+        p = a00 * (P0 - t0) + a10 * (P1 - t1)
+        q = a01 * (P0 - t0) + a11 * (P1 - t1)
+        if not (torch.equal(t0 + a00 * p + a01 * q, P0) and torch.equal(t1 + a10 * p + a11 * q, P1)):
+            return False
+    return True
+
+
+CHANNELS_INNER_MIN = 32   # C_in from which the channels-innermost tap walk pays for one layout copy
+
+
+def channels_last_copy(x: torch.Tensor) -> torch.Tensor:
+    """x [..., C, H, W] copied with channels innermost (channels_last for 4-D): one memory-bound pass."""
+    d = x.dim()
+    return x.permute(*range(d - 3), d - 2, d - 1, d - 3).contiguous().permute(
+        *range(d - 3), d - 1, d - 3, d - 2)
+
+
+def channels_inner(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, or (C >= CHANNELS_INNER_MIN, channels not innermost) a channels-innermost copy:
+    the tap walk then reads contiguous channel runs with 16-byte loads, which outweighs the copy
+    (tools/gpu_static_check.py models both)."""
+    if x.shape[-3] >= CHANNELS_INNER_MIN and x.stride(-3) != 1 and x.shape[-1] * x.shape[-2] > 1:
+        return channels_last_copy(x)
+    return x
 
 
 def _align(itemsize, *offsets):
@@ -233,10 +293,11 @@ def _align(itemsize, *offsets):
     return vec if all(int(o) % vec == 0 for o in offsets) else 1
 
 
-def conv_forward(x5, w_k, bias, y, aff, copies, stride, dilation, top_left, C_out, kh, kw):
+def conv_forward(x5, w_k, bias, y, aff, copies, stride, dilation, top_left, C_out, kh, kw, rows=None):
     """Launch the kernel: x5 [B, S, C_in, H, W] (any strides), w_k [N, S, kh, kw, C_in] contiguous,
     y [B, n, C_out, Ho, Wo], ``aff`` rows (sph, spw, off) per copy (grid axis 1 = ``copies``);
-    input row of output row i and tap a: i·stride - top + a·dilation (left likewise)."""
+    input row of output row i and tap a: i·stride - top + a·dilation (left likewise), or, with
+    ``rows`` (one (u0, b00, b01, u1, b10, b11) per slot), (u0 + b00·i + b01·j) + a·dilation."""
     B, S, C_in, H, W = x5.shape
     N = w_k.shape[0]
     Ho, Wo = y.shape[-2:]
@@ -247,13 +308,46 @@ def conv_forward(x5, w_k, bias, y, aff, copies, stride, dilation, top_left, C_ou
     flat = [v for row in aff for v in row]
     align = _align(x5.element_size(), sxb, sxs, C_in, *flat) if (tap_mode and sxc == 1) else 1
     aff_t = C.int_table([flat], x5.device)
-    kernel, meta = C.launcher(_conv_forward_kernel, ("N", "C_out", "C_in", "Ho", "Wo", "TAP_MODE", "ALIGN"),
+    rows_t = C.int_table([[v for r in rows for v in r]], x5.device) if rows is not None else aff_t
+    kernel, meta = C.launcher(_conv_forward_kernel, ("N", "C_out", "C_in", "Ho", "Wo", "TAP_MODE", "ALIGN", "ROW_MAP"),
                               configs=C.forward_configs)
     grid = lambda META: (B * triton.cdiv(Ho * Wo, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), copies)
-    kernel[grid](x5, w_k, bias if bias is not None else w_k, y, aff_t,
+    kernel[grid](x5, w_k, bias if bias is not None else w_k, y, aff_t, rows_t,
                  S, C_in, H, W, N, C_out, Ho, Wo, Ho * Wo, kh, kw,
                  sxb, sxs, sxc, S * kh * kw * C_in, syb, syg, syc, syh, syw, sh, sw, pt, pl, dh, dw,
                  TAP_MODE=tap_mode, PIX_FLAT=(syh == Wo * syw), COL_FLAT=(N == C_out or syg == C_out * syc),
-                 ALIGN=align,
+                 ALIGN=align, ROW_MAP=rows is not None,
                  HAS_BIAS=bias is not None, PREC=C.dot_precision(x5.dtype), **meta)
     return y
+
+
+def conv_transpose(dy5, w_adj, out, aff, copies, stride, dilation, padding, C_cols, rows=None):
+    """out = conv_transpose of dy5 [B, S, C, Ho, Wo] with the (unflipped) filters w_adj [N, S, kh, kw, C]
+    (K-major), written into out [B, copies, N / C_cols·..., H, W] through the forward kernel: for stride
+    (sh, sw) one launch per phase (r0, r1) of the output, a stride-1 convolution of dy5 with the taps
+    a of that phase ((r0 + pt - a·dh) divisible by sh), last tap first, on the view out[..., r0::sh,
+    r1::sw] (the sub-pixel decomposition: no masked taps, no division). ``rows`` (stride 1 only):
+    per-slot row maps that already include the top / left offset (``inverse_rows``)."""
+    (sh, sw), (dh, dw), (pt, pl) = stride, dilation, padding
+    if rows is not None and (sh, sw) != (1, 1):
+        raise ValueError(f"conv_transpose: row maps need stride (1, 1), got {(sh, sw)}")
+    kh, kw = w_adj.shape[2:4]
+    H, W = out.shape[-2:]
+    for r0 in range(sh):
+        for r1 in range(sw):
+            view = out[..., r0::sh, r1::sw]
+            ta = [a for a in range(kh - 1, -1, -1) if (r0 + pt - a * dh) % sh == 0]   # last tap first
+            tc = [c for c in range(kw - 1, -1, -1) if (r1 + pl - c * dw) % sw == 0]
+            if view.numel() == 0:
+                continue
+            if not ta or not tc:                            # no tap reaches this phase
+                view.zero_()
+                continue
+            w = w_adj.index_select(2, torch.tensor(ta, device=w_adj.device)).index_select(
+                3, torch.tensor(tc, device=w_adj.device)).contiguous()          # the phase's taps, flipped
+            top = -((r0 + pt - ta[0] * dh) // sh)           # grad_out row of phase row u, first tap: u - top
+            left = -((r1 + pl - tc[0] * dw) // sw)
+            step = (dh // math.gcd(sh, dh), dw // math.gcd(sw, dw))
+            conv_forward(dy5, w, None, view, aff, copies, (1, 1), step, (top, left), C_cols, len(ta), len(tc),
+                         rows=rows)
+    return out
