@@ -7,7 +7,7 @@ Every equifast layer becomes plain torch modules and ops:
   groups, any stride); the output is read back as [B, n, C_out, H', W'];
 * ``GroupConv2d``: ``flatten(1, 2)`` -> one ``nn.Conv2d`` with the block-permuted bank -> ``unflatten``;
 * ``GroupBatchNorm2d``: ``nn.BatchNorm2d(C)`` on [B*n, C, H, W] (the same statistics);
-* ``GroupPool``: ``amax`` / ``mean`` over dim 1; ``PerCopy(m)``: m on [B*n, ...];
+* ``GroupPool``: ``amax`` / ``mean`` over dim 1; ``PerCopy(m)``: m on [B*n, ...] (2-D pooling on [B, n*C, H, W]);
   ``OrientationHead``: ``nn.Linear`` per copy; ``Equivarify``: the views by plain ops, then F.
 
 The model's own ``forward`` (ReLUs, residual sums, reshapes, plain torch modules) is kept, by

@@ -163,22 +163,32 @@ class PlainGroupPool(nn.Module):
         return s.amax(1) if self.mode == "max" else s.mean(1)
 
 
-class PlainPerCopy(nn.Module):
-    """[B, n, ...] -> module on [B*n, ...] -> [B, n, ...] (``channels_last``: the module runs on a
-    channels_last copy, for max pooling)."""
+def copies_as_channels(s: Tensor, channels_last: bool) -> Tensor:
+    """A stack [B, n, C, H, W] as the image [B, n*C, H, W] (channel g*C + c): ``channels_last`` True,
+    a channels_last image (a view of a channels_last stack, a copy of any other) with the canonical
+    strides, which torch's CPU kernels need to take their channels_last path (``flatten(1, 2)`` of a
+    channels_last stack with B = 1 gives a batch stride they do not recognise); else s.flatten(1, 2)."""
+    if channels_last:
+        return s.permute(0, 3, 4, 1, 2).flatten(3).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    return s.flatten(1, 2)
 
-    def __init__(self, module: nn.Module, channels_last: bool = False):
+
+class PlainPerCopy(nn.Module):
+    """[B, n, ...] -> ``module`` on every copy -> [B, n, ...], as ``equifast.nn.pool.per_copy``:
+    a 2-D pooling on the copies as channels [B, n*C, H, W] (max pooling in channels_last), any
+    other module on the copies as a batch [B*n, ...]."""
+
+    def __init__(self, module: nn.Module, per_channel: bool):
         super().__init__()
         self.module = module
-        self.channels_last = channels_last
+        self.per_channel = per_channel
+        self.channels_last = type(module) is nn.MaxPool2d
 
     def forward(self, s: Tensor) -> Tensor:
-        x = s.flatten(0, 1)
-        if self.channels_last:
-            y = self.module(x.contiguous(memory_format=torch.channels_last)).contiguous()
-        else:
-            y = self.module(x)
-        return y.unflatten(0, (s.shape[0], s.shape[1]))
+        if self.per_channel:
+            x = copies_as_channels(s, self.channels_last)
+            return self.module(x).unflatten(1, (s.shape[1], s.shape[2]))
+        return self.module(s.flatten(0, 1)).unflatten(0, (s.shape[0], s.shape[1]))
 
 
 class PlainHead(nn.Module):

@@ -19,7 +19,9 @@ changed with ``equifast.nn.default_frame``).
 Eval fast path: in eval mode, when no gradient of the weight is needed (``torch.no_grad()``,
 ``torch.inference_mode()`` or a frozen weight) and ``backend`` is "torch", or "auto" resolving to a
 dense-convolution backend ("torch" or "cpu"; decided once per input geometry), a layer calls
-``torch.nn.functional.conv2d`` directly with its expanded filter bank, cached. The cache is rebuilt
+``torch.nn.functional.conv2d`` directly with its expanded filter bank, cached. On CPU that path
+computes in channels_last (oneDNN's fastest layout): its stacks come out channels_last (memory
+B, H, W, n, C), which every equifast layer reads without a copy. The cache is rebuilt
 when the weight or bias changes in place (an optimizer step, ``load_state_dict``: the tensors'
 version counters), moves (``.to()``), or the layer is put in training mode. Writes through
 ``.data`` bypass the version counter: call ``clear_cache()`` after them. ``EQUIFAST_BACKEND`` set
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from .. import groups as _groups
 from .._args import make_plan
 from .._cache import ParameterCache
+from .._layout import flatten_stack
 from ..ops import group_conv, lift_conv
 from . import _plain
 from ._frame import get_default_frame
@@ -62,6 +65,15 @@ def _padding_arg(padding):
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         return tuple(int(p) for p in padding)
     return _pair(padding)
+
+
+def _cpu_channels_last(t: Tensor) -> Tensor:
+    """``t`` (an image or a filter bank) in channels_last on CPU, where oneDNN's convolutions are
+    fastest in it (the eval fast path's convolutions read and write channels_last there); as is
+    elsewhere."""
+    if t.device.type != "cpu":
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 class _GroupConvBase(ParameterCache):
@@ -136,13 +148,16 @@ class _GroupConvBase(ParameterCache):
                               dilation=self.dilation, frame=self.frame, backend=self.backend)
 
     def _fast_path_applies(self, x) -> bool:
+        if self.backend not in ("auto", "torch") or type(x) is not Tensor or x.dim() != self._in_dim:
+            return False
         w, b = self.weight, self.bias
-        return (self.backend in ("auto", "torch") and type(x) is Tensor and x.dim() == self._in_dim
-                and x.dtype == w.dtype and x.device == w.device
-                and not (torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)))
-                and not torch.compiler.is_compiling() and "EQUIFAST_BACKEND" not in os.environ
-                and (self.backend == "torch" or self._auto_is_dense(x))
-                and self._fast_operands() is not None)
+        if x.dtype != w.dtype or x.device != w.device:
+            return False
+        if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
+            return False
+        if torch.compiler.is_compiling() or "EQUIFAST_BACKEND" in os.environ:
+            return False
+        return (self.backend == "torch" or self._auto_is_dense(x)) and self._fast_operands() is not None
 
     def _auto_is_dense(self, x: Tensor) -> bool:
         """Whether "auto" resolves this input to a dense-convolution backend ("torch", "cpu"): then the
@@ -240,7 +255,7 @@ class LiftConv2d(_GroupConvBase):
         n = self.order
         bias = None if self.bias is None else self.bias.detach()
         if self.frame == "canonical":
-            return self.filter_bank(), (None if bias is None else bias.repeat(n)), None
+            return _cpu_channels_last(self.filter_bank()), (None if bias is None else bias.repeat(n)), None
         ops = _plain.image_ops(self.group)
         if ops is None:
             return None                               # interpolated views: the op
@@ -252,6 +267,8 @@ class LiftConv2d(_GroupConvBase):
         n = self.order
         if views is not None:
             x = torch.stack([_plain.act_plain(x, k, f) for k, f in views], 1).flatten(0, 1)
+        else:
+            x = _cpu_channels_last(x)
         if extra is not None:
             x = F.pad(x, extra)
         y = F.conv2d(x, weight, bias, self.stride, pad2, self.dilation)
@@ -370,12 +387,12 @@ class GroupConv2d(_GroupConvBase):
     # ------------------------------------------------------------ eval fast path
     def _build_fast_operands(self):
         bias = None if self.bias is None else self.bias.detach().repeat(self.order)
-        return self.filter_bank(), bias
+        return _cpu_channels_last(self.filter_bank()), bias
 
     def _fast_forward(self, s: Tensor) -> Tensor:
         bank, bias = self._fast_operands()
         pad2, extra = self._conv_padding()
-        x = s.flatten(1, 2)
+        x = _cpu_channels_last(flatten_stack(s))
         if extra is not None:
             x = F.pad(x, extra)
         return F.conv2d(x, bank, bias, self.stride, pad2, self.dilation).unflatten(1, (self.order, self.out_channels))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._plain import copies_as_channels
+
 __all__ = ["GroupPool", "PerCopy", "group_pool"]
 
 
@@ -66,16 +68,16 @@ class PerCopy(nn.Module):
     ``PerCopy(module)``
 
     Shapes:
-        input  s: [B, n, C, H, W] -> ``module`` sees [B*n, C, H, W]
+        input  s: [B, n, C, H, W] -> ``module`` sees [B*n, C, H, W] (2-D pooling: [B, n*C, H, W])
         output:   [B, n, *module_output.shape[1:]]
 
     Any module applied copy by copy commutes with the regular action, so ``PerCopy(m)`` keeps a
     view-frame network equivariant whatever ``m`` is (pooling, dropout, MLP...). In the canonical
     frame it is equivariant only if ``m`` commutes with the image action (e.g. pointwise ops).
 
-    An ``nn.MaxPool2d`` runs on a channels_last copy of the [B*n, C, H, W] view and returns a
-    contiguous result: the same values, 2-5x faster on CPU than torch's NCHW max pooling (measured
-    in bench/inference.py's folder of results).
+    2-D pooling modules run on the copies as channels ([B, n*C, H, W], a view in either layout);
+    ``nn.MaxPool2d`` runs in channels_last and returns a channels_last stack (2-5x faster on CPU than
+    torch's NCHW max pooling; see ``per_copy``).
 
     Example::
 
@@ -91,17 +93,11 @@ class PerCopy(nn.Module):
     def forward(self, s: Tensor) -> Tensor:
         if s.dim() < 2:
             raise ValueError(f"PerCopy: expected a stack [B, n, ...], got shape {list(s.shape)}")
-        B, n = s.shape[:2]
-        x = s.reshape(B * n, *s.shape[2:])
-        if _pools_channels_last(self.module) and x.dim() == 4 and x.device.type == "cpu":
-            y = self.module(x.contiguous(memory_format=torch.channels_last)).contiguous()
-        else:
-            y = self.module(x)
-        return y.reshape(B, n, *y.shape[1:])
+        return per_copy(self.module, s)
 
     def _export_module(self) -> nn.Module:
         from ._plain import PlainPerCopy
-        return PlainPerCopy(self.module, _pools_channels_last(self.module))
+        return PlainPerCopy(self.module, pools_per_channel(self.module))
 
     def export(self) -> nn.Module:
         """Plain PyTorch (the exported module on the [B*n, ...] view); see ``equifast.nn.export``."""
@@ -109,6 +105,24 @@ class PerCopy(nn.Module):
         return export(self)
 
 
-def _pools_channels_last(module: nn.Module) -> bool:
-    """torch's CPU max pooling is much faster on channels_last input (vectorised over channels)."""
-    return type(module) is nn.MaxPool2d and not module.return_indices
+_PER_CHANNEL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+
+
+def pools_per_channel(module: nn.Module) -> bool:
+    """Whether ``module`` is a 2-D pooling that acts on each channel alone (and returns no indices)."""
+    return isinstance(module, _PER_CHANNEL_POOLS) and not getattr(module, "return_indices", False)
+
+
+def per_copy(module: nn.Module, s: Tensor) -> Tensor:
+    """``module`` applied to every copy of a stack s [B, n, ...] in one call.
+
+    A 2-D pooling (``pools_per_channel``) runs on the copies as channels, s.flatten(1, 2) =
+    [B, n*C, H, W]: a view of contiguous and channels_last stacks alike. Max pooling runs in
+    channels_last (torch's NCHW max pooling is 2-5x slower on CPU), so its output is a channels_last
+    stack, which every equifast layer reads without a copy. Any other module sees the copies on the
+    batch, [B*n, ...]."""
+    B, n = s.shape[:2]
+    if s.dim() == 5 and pools_per_channel(module):
+        return module(copies_as_channels(s, type(module) is nn.MaxPool2d)).unflatten(1, (n, s.shape[2]))
+    y = module(s.reshape(B * n, *s.shape[2:]))
+    return y.reshape(B, n, *y.shape[1:])
