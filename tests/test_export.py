@@ -324,12 +324,12 @@ def _op(net, x):
     """The network with the eval fast path off (every conv through the op)."""
     for m in net.modules():
         if isinstance(m, (enn.LiftConv2d, enn.GroupConv2d)):
-            m._fast_path_applies = lambda x: False
+            m._fast_path = lambda x: None
     try:
         return net(x)
     finally:
         for m in net.modules():
-            m.__dict__.pop("_fast_path_applies", None)
+            m.__dict__.pop("_fast_path", None)
 
 
 def test_eval_export_folds_batchnorm_into_the_conv_before_it():

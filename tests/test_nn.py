@@ -678,3 +678,40 @@ def test_eval_fast_path_defers_to_a_non_dense_backend_auto_prefers(monkeypatch):
         layer(s)
     assert layer._cache is None and calls.count("group_conv") == 3   # one decision, then two op calls
     torch.testing.assert_close(y, _op_output(layer, s), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4", "C8"])
+def test_eval_fast_path_fourier_caches_the_transformed_filters(group):
+    """backend="fourier" (or auto where it picks fourier) in eval: the transformed filters are built
+    once and reused, the output is the op's, and an optimizer step rebuilds them."""
+    torch.manual_seed(0)
+    layer = enn.GroupConv2d(3, 5, 3, padding=1, group=group, backend="fourier").eval()
+    s = torch.randn(2, layer.order, 3, 9, 9)
+    with torch.no_grad():
+        y = layer(s)
+        prepared = layer._cache[1]["fourier"]
+        layer(s)
+        assert layer._cache[1]["fourier"] is prepared                  # reused
+    _assert_matches_op(y, layer, s)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with torch.enable_grad():
+        layer(s).square().sum().backward()                            # eval + grad: the op
+    opt.step()
+    with torch.no_grad():
+        _assert_matches_op(layer(s), layer, s)
+        assert layer._cache[1]["fourier"] is not prepared              # rebuilt after the step
+
+
+def test_eval_fast_path_follows_auto_to_fourier(monkeypatch):
+    from equifast.backends import fourier
+    monkeypatch.setattr(fourier, "preferred", lambda plan, x, weight: True)
+    layer = enn.GroupConv2d(4, 4, 3, padding=1, group="D4").eval()
+    s = torch.randn(1, 8, 4, 7, 7)
+    with torch.no_grad():
+        y = layer(s)
+    assert set(layer._cache[1]) == {"fourier"}
+    _assert_matches_op(y, layer, s)
+    canonical = enn.GroupConv2d(4, 4, 3, padding=1, group="D4", frame="canonical").eval()
+    with torch.no_grad():
+        canonical(s)
+    assert set(canonical._cache[1]) == {"dense"}                      # fourier refuses: the dense bank

@@ -17,16 +17,21 @@ Frames (see docs/nn.md):
 changed with ``equifast.nn.default_frame``).
 
 Eval fast path: in eval mode, when no gradient of the weight is needed (``torch.no_grad()``,
-``torch.inference_mode()`` or a frozen weight) and ``backend`` is "torch", or "auto" resolving to a
-dense-convolution backend ("torch" or "cpu"; decided once per input geometry), a layer calls
-``torch.nn.functional.conv2d`` directly with its expanded filter bank, cached. On CPU that path
-computes in channels_last (oneDNN's fastest layout): its stacks come out channels_last (memory
-B, H, W, n, C), which every equifast layer reads without a copy. The cache is rebuilt
-when the weight or bias changes in place (an optimizer step, ``load_state_dict``: the tensors'
-version counters), moves (``.to()``), or the layer is put in training mode. Writes through
-``.data`` bypass the version counter: call ``clear_cache()`` after them. ``EQUIFAST_BACKEND`` set
-in the environment, an explicit other backend, torch.compile / torch.export tracing and
-interpolated view-frame lifts always take the op.
+``torch.inference_mode()`` or a frozen weight), a layer skips the op and its per-call filter
+expansion where the backend the op would run (``backend`` "torch" or "fourier", or "auto" resolved;
+decided once per input geometry) has a cached form:
+
+* "torch" / "cpu" (dense convolution): ``torch.nn.functional.conv2d`` with the expanded filter bank,
+  cached. On CPU it computes in channels_last (oneDNN's fastest layout): its stacks come out
+  channels_last (memory B, H, W, n, C), which every equifast layer reads without a copy;
+* "fourier" (``GroupConv2d``, view frame): the group-Fourier filters, cached
+  (``equifast.backends.fourier.group_conv.forward_prepared``).
+
+The cache is rebuilt when the weight or bias changes in place (an optimizer step,
+``load_state_dict``: the tensors' version counters), moves (``.to()``), or the layer is put in
+training mode. Writes through ``.data`` bypass the version counter: call ``clear_cache()`` after
+them. ``EQUIFAST_BACKEND`` set in the environment, any other backend (fused GPU kernels),
+torch.compile / torch.export tracing and interpolated view-frame lifts always take the op.
 """
 from __future__ import annotations
 
@@ -140,49 +145,65 @@ class _GroupConvBase(ParameterCache):
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training and self._fast_path_applies(x):
-            return self._fast_forward(x)
+        if not self.training:
+            path = self._fast_path(x)
+            if path is not None:
+                return self._fast_forward(x, path)
         if isinstance(x, Tensor) and x.dim() != self._in_dim:
             self._wrong_rank(x)
         return type(self)._op(x, self.weight, self.bias, group=self.group, stride=self.stride, padding=self.padding,
                               dilation=self.dilation, frame=self.frame, backend=self.backend)
 
-    def _fast_path_applies(self, x) -> bool:
-        if self.backend not in ("auto", "torch") or type(x) is not Tensor or x.dim() != self._in_dim:
-            return False
+    # backend the op would run -> eval fast path with cached operands: "dense" (the expanded filter
+    # bank, one F.conv2d) or "fourier" (the group-Fourier filters, ``backends.fourier.forward_prepared``)
+    _FAST_PATHS = {"torch": "dense", "cpu": "dense", "fourier": "fourier"}
+
+    def _fast_path(self, x) -> Optional[str]:
+        """The eval fast path for input ``x`` ("dense", "fourier") or None (the op runs)."""
+        if self.backend not in ("auto", "torch", "fourier") or type(x) is not Tensor or x.dim() != self._in_dim:
+            return None
         w, b = self.weight, self.bias
         if x.dtype != w.dtype or x.device != w.device:
-            return False
+            return None
         if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
-            return False
+            return None
         if torch.compiler.is_compiling() or "EQUIFAST_BACKEND" in os.environ:
-            return False
-        return (self.backend == "torch" or self._auto_is_dense(x)) and self._fast_operands() is not None
+            return None
+        path = self._path_for(x)
+        if path is None or self._fast_operands(path) is None:
+            return None
+        return path
 
-    def _auto_is_dense(self, x: Tensor) -> bool:
-        """Whether "auto" resolves this input to a dense-convolution backend ("torch", "cpu"): then the
-        cached bank does the same convolution without re-expanding it. Any other backend auto prefers
-        (fused GPU kernels, "fourier", ...) runs through the op. Decided once per input geometry."""
+    def _path_for(self, x: Tensor) -> Optional[str]:
+        """The fast path of the backend the op would run on ``x`` ("auto" resolved), decided once per
+        input geometry; None where that backend has no fast path here (fused GPU kernels, a backend that
+        refuses the call: the op runs it, or raises its error)."""
         key = (tuple(x.shape), x.stride(), x.dtype, x.device)
-        decisions = self.__dict__.setdefault("_auto_decisions", {})
-        dense = decisions.get(key)
-        if dense is None:
+        decisions = self.__dict__.setdefault("_fast_path_decisions", {})
+        if key not in decisions:
             from .. import backends as _backends
-            kind = "lift_conv" if self._in_dim == 4 else "group_conv"
-            dense = _backends.resolve("auto", self._plan, x, self.weight, kind).NAME in ("torch", "cpu")
+            op = "lift_conv" if self._in_dim == 4 else "group_conv"
+            try:
+                name = _backends.resolve(self.backend, self._plan, x, self.weight, op).NAME
+            except (RuntimeError, ValueError):
+                name = None
             if len(decisions) > 64:
                 decisions.clear()
-            decisions[key] = dense
-        return dense
+            decisions[key] = self._FAST_PATHS.get(name)
+        return decisions[key]
 
-    def _fast_operands(self):
-        """The cached (filter bank, bias) of the eval fast path, rebuilt when stale (None: no fast path)."""
-        return self.cached(self._build_fast_operands)
+    def _fast_operands(self, path: str):
+        """The cached operands of fast path ``path``, rebuilt when stale (None: no such fast path)."""
+        operands = self.cached(dict)                        # emptied whenever a parameter changes
+        if path not in operands:
+            with torch.inference_mode(False), torch.no_grad():
+                operands[path] = self._build_fast_operands(path)
+        return operands[path]
 
-    def _build_fast_operands(self):
+    def _build_fast_operands(self, path: str):
         raise NotImplementedError
 
-    def _fast_forward(self, x: Tensor) -> Tensor:
+    def _fast_forward(self, x: Tensor, path: str) -> Tensor:
         raise NotImplementedError
 
 
@@ -251,7 +272,9 @@ class LiftConv2d(_GroupConvBase):
                          f"got {x.dim()}-D shape {list(x.shape)}")
 
     # ------------------------------------------------------------ eval fast path
-    def _build_fast_operands(self):
+    def _build_fast_operands(self, path: str):
+        if path != "dense":
+            return None
         n = self.order
         bias = None if self.bias is None else self.bias.detach()
         if self.frame == "canonical":
@@ -261,8 +284,8 @@ class LiftConv2d(_GroupConvBase):
             return None                               # interpolated views: the op
         return self.weight.detach(), bias, tuple(ops[i] for i in self.group.inverse)
 
-    def _fast_forward(self, x: Tensor) -> Tensor:
-        weight, bias, views = self._fast_operands()
+    def _fast_forward(self, x: Tensor, path: str) -> Tensor:
+        weight, bias, views = self._fast_operands(path)
         pad2, extra = self._conv_padding()
         n = self.order
         if views is not None:
@@ -385,12 +408,21 @@ class GroupConv2d(_GroupConvBase):
                          f"got {x.dim()}-D shape {list(x.shape)}")
 
     # ------------------------------------------------------------ eval fast path
-    def _build_fast_operands(self):
+    def _build_fast_operands(self, path: str):
+        if path == "fourier":
+            from ..backends.fourier.group_conv import prepare_weight
+            w = self.weight.detach()
+            bias = None if self.bias is None else self.bias.detach()
+            return prepare_weight(w, self.group, w.device, w.dtype), bias
         bias = None if self.bias is None else self.bias.detach().repeat(self.order)
         return _cpu_channels_last(self.filter_bank()), bias
 
-    def _fast_forward(self, s: Tensor) -> Tensor:
-        bank, bias = self._fast_operands()
+    def _fast_forward(self, s: Tensor, path: str) -> Tensor:
+        if path == "fourier":
+            from ..backends.fourier.group_conv import forward_prepared
+            prepared, bias = self._fast_operands(path)
+            return forward_prepared(s, prepared, bias, self._plan)
+        bank, bias = self._fast_operands(path)
         pad2, extra = self._conv_padding()
         x = _cpu_channels_last(flatten_stack(s))
         if extra is not None:
