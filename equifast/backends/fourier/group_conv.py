@@ -1,25 +1,27 @@
 """View-frame group convolution in the group-Fourier basis (see ``basis``): one plain conv2d per
-*unit* of the basis, a unit being one irreducible block's filter matrix Ŵ (d x d filters of
-C_out x C_in) with the copies that share it stacked along the batch.
+*unit*, a unit being one copy of an irreducible (dimension d) with its d x d matrix Ŵ of
+C_out x C_in filters (C_n's complex frequencies are three 1-d units each: ``basis.cyclic``).
 
-The stack is handled as rows: ``U[r] = Σ_g t_in[r, g] s[:, g]``, laid out row-major as [R, B, C, H, W],
-so that each row (or a unit's run of rows) is a dense image for the convolution without a copy:
+The stack is mixed into rows, U[r] = Σ_g t_in[r, g] s[:, g], stored row-major as [R, B, C, H, W], so
+that each row is a dense batch of images for its convolution without a copy. The 1-d units are taken
+in chunks of at most n rows (``CHUNK_ROWS``: bounds the transformed operands held at once to about
+one stack, as C_n's three-product form has more rows than the group has elements):
 
-    U = t_in ·_g s                       one batched product for every 1-d row      [R, B, C_in, H, W]
+    U = t_in ·_g s                       one batched product per chunk              [R, B, C_in, H, W]
     Ŵ_k = t_w_k ·_h w                    all units in one small product             [d*C_out, d*C_in, kh, kw]
-    Y_k = conv2d(U_k, Ŵ_k)               one call per unit, the only heavy step     [m*B, d*C_out, H', W']
-    out = t_out ·_r Y                    one batched product                        [B, n, C_out, H', W']
+    Y_k = conv2d(U_k, Ŵ_k)               one call per unit, the only heavy step     [B, d*C_out, H', W']
+    out += t_out ·_r Y                   one batched product per chunk              [B, n, C_out, H', W']
 
-A unit of dimension d > 1 (D_n's 2-d irreducibles, custom groups) reads its copies as [m, B, d, C, H, W]
-(one product per copy). The bias enters the unit of the trivial representation as its conv's bias.
-backward, with the same matrices transposed (no recomputed forward, no autograd):
-    gY = t_outᵀ ·_g grad_out;  gU_k, gŴ_k = convolution_backward(gY_k, U_k, Ŵ_k)
-    grad_s = t_inᵀ ·_r gU;     grad_w = t_wᵀ ·_k gŴ
-Single convolutions per unit rather than one grouped convolution: oneDNN's grouped convolutions (and
-their backward) were measured 1.3-2x slower per FLOP on CPU than the same work as separate calls.
+A unit of dimension d > 1 (D_n's 2-d irreducibles, custom groups) is mixed on its own as
+[B, d, C, H, W]. The bias enters the trivial representation's unit as its conv's bias.
+backward, with the same matrices transposed (no recomputed forward, no autograd), per chunk:
+    gY = t_outᵀ ·_g grad_out;  gŴ_k = conv_weight_grad(gY_k, U_k) for every unit, then U is freed;
+    gU_k = conv_input_grad(gY_k, Ŵ_k);  grad_s += t_inᵀ ·_r gU;  at the end grad_w = t_wᵀ ·_k gŴ
+One convolution per unit rather than one grouped convolution over many: oneDNN's grouped
+convolutions were measured slower per FLOP on CPU, their backward up to 1.6x.
 
-Layouts: the rows are computed from a contiguous stack; a channels_last stack is made contiguous first
-and the op returns outputs and gradients in the input's layout.
+Layouts: the rows are mixed from a contiguous stack (a channels_last stack is made contiguous
+first); the op returns outputs and gradients in the input's layout.
 
 Precision: float32/float64 compute in their own dtype. bfloat16 (and float16 off CPU) mixes in
 float32 and convolves in its own dtype (U, Ŵ and Y are rounded to it); float16 on CPU runs in float32
@@ -43,7 +45,7 @@ from . import basis as _basis
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _dtypes(dtype: torch.dtype, device: torch.device) -> Tuple[torch.dtype, torch.dtype]:
+def _dtypes(dtype: torch.dtype, device) -> Tuple[torch.dtype, torch.dtype]:
     """(dtype of the group-axis mixes, dtype of the convolutions): low precision mixes in float32 and
     convolves in its own dtype, except float16 on CPU (see ``equifast.backends._conv2d``)."""
     if dtype == torch.float64:
@@ -58,48 +60,48 @@ def _dtypes(dtype: torch.dtype, device: torch.device) -> Tuple[torch.dtype, torc
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Unit:
-    """One convolution: m copies of one irreducible (dimension d) sharing the filter matrix Ŵ."""
+    """One convolution: a copy of an irreducible of dimension d."""
     d: int
-    m: int
-    t_in: torch.Tensor              # [m*d, n], copy-major
+    t_in: torch.Tensor              # [d, n]
     t_w: torch.Tensor               # [d*d, n]
-    t_out: torch.Tensor             # [n, m*d]
-    bias: Optional[torch.Tensor]    # [d]: the conv's bias is bias ⊗ b (only in the trivial unit)
+    t_out: torch.Tensor             # [n, d]
+    bias: Optional[torch.Tensor]    # [d]: the conv's bias is bias ⊗ b (the trivial unit only)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """1-d units whose rows are mixed together: t_in [R, n], t_out [n, R]."""
+    units: Tuple[Unit, ...]
+    t_in: torch.Tensor
+    t_out: torch.Tensor
 
 
 @dataclass(frozen=True)
 class Units:
-    flat: Tuple[Unit, ...]          # d = 1: their rows together form t_in_flat / t_out_flat
-    blocks: Tuple[Unit, ...]        # d > 1
-    t_in_flat: torch.Tensor         # [R, n]
-    t_out_flat: torch.Tensor        # [n, R]
-    t_w: torch.Tensor               # [Σ d², n]: every unit's t_w, flat units first
+    chunks: Tuple[Chunk, ...]       # the 1-d units
+    blocks: Tuple[Unit, ...]        # the units of dimension d > 1
+    t_w: torch.Tensor               # [Σ d², n]: every unit's t_w, in the order of ``all``
 
     @property
     def all(self) -> Tuple[Unit, ...]:
-        return self.flat + self.blocks
+        return tuple(u for c in self.chunks for u in c.units) + self.blocks
+
+
+def CHUNK_ROWS(n: int) -> int:   # noqa: N802 (a tuning constant of the group order)
+    """Rows of 1-d units mixed and convolved together: at most n, so a chunk's operands are at most one
+    stack each (the peak memory stays at or below the dense bank's)."""
+    return max(1, n)
 
 
 def units_of(b: _basis.Basis) -> List[Unit]:
-    """The basis' blocks as units (float64, CPU): the copies of a block with identical filter matrices
-    t_w (the copies of one irreducible) share one convolution, stacked along the batch; a bias in
-    such a unit would differ per copy, so copies carrying the bias stay alone."""
+    """Every copy of every block of the basis as a unit (float64, CPU)."""
     out = []
     for blk in b.blocks:
-        S, d = blk.groups, blk.d
-        copies: List[List[int]] = []
-        for s in range(S):
-            alone = bool(blk.bias[s * d:(s + 1) * d].any())
-            for c in copies:
-                if not alone and not bool(blk.bias[c[0] * d:(c[0] + 1) * d].any()) and torch.equal(blk.t_w[c[0]], blk.t_w[s]):
-                    c.append(s)
-                    break
-            else:
-                copies.append([s])
-        for c in copies:
-            rows = torch.cat([torch.arange(s * d, (s + 1) * d) for s in c])
-            bias = blk.bias[rows[:d]]
-            out.append(Unit(d, len(c), blk.t_in[rows], blk.t_w[c[0]].reshape(d * d, -1), blk.t_out[:, rows],
+        d = blk.d
+        for s in range(blk.groups):
+            rows = slice(s * d, (s + 1) * d)
+            bias = blk.bias[rows]
+            out.append(Unit(d, blk.t_in[rows], blk.t_w[s].reshape(d * d, -1), blk.t_out[:, rows],
                             bias if bool(bias.any()) else None))
     return out
 
@@ -109,21 +111,19 @@ _LOCK = threading.Lock()
 
 
 def _units(group, device, dtype) -> Units:
-    """The units of ``group`` on ``device`` in ``dtype`` (cached)."""
+    """The units of ``group`` on ``device`` in ``dtype`` (cached per group, device and dtype)."""
     key = (group.name, id(group), str(device), dtype)
     hit = _UNITS.get(key)
     if hit is None:
-        def move(u):
-            return Unit(u.d, u.m, u.t_in.to(device, dtype), u.t_w.to(device, dtype), u.t_out.to(device, dtype),
-                        None if u.bias is None else u.bias.to(device, dtype))
-        units = [move(u) for u in units_of(_basis.get(group))]
-        flat = tuple(u for u in units if u.d == 1)
+        units = [Unit(u.d, u.t_in.to(device, dtype), u.t_w.to(device, dtype), u.t_out.to(device, dtype),
+                      None if u.bias is None else u.bias.to(device, dtype)) for u in units_of(_basis.get(group))]
+        flat = [u for u in units if u.d == 1]
         blocks = tuple(u for u in units if u.d > 1)
-        n = group.order
-        hit = Units(flat, blocks,
-                    torch.cat([u.t_in for u in flat]) if flat else torch.zeros(0, n, dtype=dtype, device=device),
-                    torch.cat([u.t_out for u in flat], 1) if flat else torch.zeros(n, 0, dtype=dtype, device=device),
-                    torch.cat([u.t_w for u in flat + blocks]))
+        count = -(-len(flat) // CHUNK_ROWS(group.order))
+        bounds = [round(i * len(flat) / count) for i in range(count + 1)] if count else [0]
+        chunks = tuple(Chunk(tuple(flat[a:b]), torch.cat([u.t_in for u in flat[a:b]]),
+                             torch.cat([u.t_out for u in flat[a:b]], 1)) for a, b in zip(bounds, bounds[1:]))
+        hit = Units(chunks, blocks, torch.cat([u.t_w for u in flat + list(blocks)]))
         with _LOCK:
             _UNITS[key] = hit
     return hit
@@ -132,15 +132,17 @@ def _units(group, device, dtype) -> Units:
 # ---------------------------------------------------------------------------------------------
 # Group-axis mixes (contiguous stacks viewed as [B, n, X])
 # ---------------------------------------------------------------------------------------------
-def mix_rows(T: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[r, b] = Σ_g T[r, g] v[b, g] for v [B, n, X], into ``out`` [R, B, X] (row-major: each row is a
-    dense batch of images). One batched product writing straight into the rows."""
-    torch.bmm(T.expand(v.shape[0], -1, -1), v, out=out.view(T.shape[0], v.shape[0], -1).transpose(0, 1))
+def mix_rows(T: torch.Tensor, v: torch.Tensor, shape) -> torch.Tensor:
+    """Rows [R, *shape] with row r, batch b = Σ_g T[r, g] v[b, g], for v [B, n, X]: one batched product
+    written straight into the row-major layout (each row a dense batch of images)."""
+    R, B = T.shape[0], v.shape[0]
+    out = v.new_empty(R, *shape)
+    torch.bmm(T.expand(B, -1, -1), v, out=out.view(R, B, -1).transpose(0, 1))
     return out
 
 
 def unmix_rows(T: torch.Tensor, Y: torch.Tensor, accumulate: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """out[b, g] = Σ_r T[g, r] Y[r, b] for rows Y [R, B, X]: [B, n, X] (added into ``accumulate``)."""
+    """[B, n, X] with [b, g] = Σ_r T[g, r] Y[r, b] for rows Y [R, B, X] (added into ``accumulate``)."""
     Yt = Y.transpose(0, 1)
     Tb = T.expand(Yt.shape[0], -1, -1)
     if accumulate is None:
@@ -149,7 +151,7 @@ def unmix_rows(T: torch.Tensor, Y: torch.Tensor, accumulate: Optional[torch.Tens
 
 
 def transformed_weights(weight: torch.Tensor, units: Units, conv_dtype) -> List[torch.Tensor]:
-    """Ŵ of every unit (flat units first) [d*C_out, d*C_in, kh, kw], Ŵ[(a, o), (b, c)] =
+    """Ŵ of every unit (in the order of ``units.all``) [d*C_out, d*C_in, kh, kw], Ŵ[(a, o), (b, c)] =
     Σ_h t_w[(a, b), h] weight[o, h, c]: one small product over the weight."""
     C_out, n, C_in, kh, kw = weight.shape
     w = weight.to(units.t_w.dtype).transpose(0, 1).reshape(n, -1)
@@ -189,21 +191,29 @@ def _conv(x, weight, bias, plan):
     return F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, plan.stride, 0, plan.dilation)
 
 
-def _conv_backward(grad_y, x, weight, plan, need_x, need_w):
+def _conv_grad(grad_y, x, weight, plan, which):
+    """The input gradient (which = "input"; x: the input's shape) or the weight gradient
+    (which = "weight"; x: the input) of ``_conv``."""
     pt, pb, pl, pr = plan.padding
     symmetric = pt == pb and pl == pr
-    if symmetric:
-        inp = x
-    elif need_w:
-        inp = F.pad(x, (pl, pr, pt, pb))
-    else:           # the input gradient reads only the input's shape
-        inp = x.new_empty(x.shape[0], x.shape[1], x.shape[2] + pt + pb, x.shape[3] + pl + pr)
+    if which == "input":
+        shape = x
+        H, W = shape[-2:]
+        inp = torch.empty(shape[0], shape[1], H + (0 if symmetric else pt + pb),
+                          W + (0 if symmetric else pl + pr), dtype=grad_y.dtype, device=grad_y.device)
+    else:
+        inp = x if symmetric else F.pad(x, (pl, pr, pt, pb))
+    mask = [which == "input", which == "weight", False]
     gx, gw, _ = torch.ops.aten.convolution_backward(
         grad_y, inp, weight, None, list(plan.stride), [pt, pl] if symmetric else [0, 0], list(plan.dilation),
-        False, [0, 0], 1, [bool(need_x), bool(need_w), False])
-    if gx is not None and not symmetric:
-        gx = gx[..., pt:pt + x.shape[-2], pl:pl + x.shape[-1]]
-    return gx, gw
+        False, [0, 0], 1, mask)
+    if which == "weight":
+        return gw
+    return gx if symmetric else gx[..., pt:pt + H, pl:pl + W]
+
+
+def _bias(u: Unit, bias, conv_dtype):
+    return None if u.bias is None or bias is None else (u.bias[:, None] * bias).reshape(-1).to(conv_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +221,7 @@ def _conv_backward(grad_y, x, weight, plan, need_x, need_w):
 # ---------------------------------------------------------------------------------------------
 def group_conv_forward(s, weight, bias, plan):
     with torch.autocast(s.device.type, enabled=False):   # dtypes are chosen here (``_dtypes``)
-        return forward_prepared(s, prepare_weight(weight, plan.group, s.device, s.dtype), bias, plan)
+        return _forward(s, prepare_weight(weight, plan.group, s.device, s.dtype), bias, plan)
 
 
 def group_conv_backward(grad_out, s, weight, plan, output_mask):
@@ -222,7 +232,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
 
 @dataclass(frozen=True)
 class Prepared:
-    """The transformed filters of every unit of ``group`` for inputs of ``dtype`` (see ``prepare_weight``)."""
+    """The transformed filters of every unit of ``group`` for inputs of ``dtype`` (``prepare_weight``)."""
     group: object
     dtype: torch.dtype
     units: Units
@@ -244,17 +254,17 @@ def prepare_weight(weight: torch.Tensor, group, device, dtype) -> Prepared:
 
 
 def forward_prepared(s: torch.Tensor, prepared: Prepared, bias: Optional[torch.Tensor], plan) -> torch.Tensor:
-    """group_conv's forward (view frame) of ``s`` with the filters of ``prepare_weight``."""
-    if s.dtype != prepared.dtype or s.dim() != 5 or s.shape[1] != prepared.group.order \
-            or s.shape[2] != prepared.weight_shape[2]:
-        raise ValueError(f"forward_prepared: s must be a [B, {prepared.group.order}, {prepared.weight_shape[2]}, "
-                         f"H, W] stack of {prepared.dtype}, got {tuple(s.shape)} of {s.dtype}")
+    """group_conv's forward (view frame) of ``s`` [B, n, C_in, H, W] with the filters of
+    ``prepare_weight``; contiguous output."""
+    n, C_in = prepared.group.order, prepared.weight_shape[2]
+    if s.dtype != prepared.dtype or s.dim() != 5 or s.shape[1] != n or s.shape[2] != C_in:
+        raise ValueError(f"forward_prepared: s must be a [B, {n}, {C_in}, H, W] stack of {prepared.dtype}, "
+                         f"got {tuple(s.shape)} of {s.dtype}")
     with torch.autocast(s.device.type, enabled=False):
         return _forward(s, prepared, bias, plan)
 
 
 def _forward(s, prepared, bias, plan):
-    dtype = s.dtype
     units, hats = prepared.units, prepared.hats
     mix_dtype, conv_dtype = units.t_w.dtype, hats[0].dtype
     C_out, n, C_in, kh, kw = prepared.weight_shape
@@ -263,41 +273,35 @@ def _forward(s, prepared, bias, plan):
     if B == 0:
         return s.new_zeros(0, n, C_out, Ho, Wo)
     v = s.to(mix_dtype).contiguous().view(B, n, C_in * H * W)
-    b_mix = None if bias is None else bias.to(mix_dtype)
-    R = units.t_in_flat.shape[0]
-    out = None
-    if R:
-        U = mix_rows(units.t_in_flat, v, v.new_empty(R, B, C_in, H, W)).to(conv_dtype)
-        Ys, row = [], 0
-        for u, w_hat in zip(units.flat, hats):
-            b = None if u.bias is None or b_mix is None else (u.bias[:, None] * b_mix).reshape(-1).to(conv_dtype)
-            Ys.append(_conv(U[row:row + u.m].view(u.m * B, C_in, H, W), w_hat, b, plan))
-            row += u.m
+    bias = None if bias is None else bias.to(mix_dtype)
+    out, k = None, 0
+    for chunk in units.chunks:
+        U = mix_rows(chunk.t_in, v, (B, C_in, H, W)).to(conv_dtype)
+        Ys = []
+        for r, u in enumerate(chunk.units):
+            Ys.append(_conv(U[r], hats[k], _bias(u, bias, conv_dtype), plan))
+            k += 1
         del U                                   # peak memory: the rows go before the outputs are gathered
-        Y = torch.cat(Ys) if len(Ys) > 1 else Ys[0]
+        Y = torch.stack(Ys)
         del Ys
-        out = unmix_rows(units.t_out_flat, Y.view(R, B, -1).to(mix_dtype))
+        out = unmix_rows(chunk.t_out, Y.view(len(chunk.units), B, -1).to(mix_dtype), out)
         del Y
-    for u, w_hat in zip(units.blocks, hats[len(units.flat):]):
-        d, m = u.d, u.m
-        U = v.new_empty(m, B, d, C_in * H * W)
-        for c in range(m):
-            torch.bmm(u.t_in[c * d:(c + 1) * d].expand(B, -1, -1), v, out=U[c])
-        b = None if u.bias is None or b_mix is None else (u.bias[:, None] * b_mix).reshape(-1).to(conv_dtype)
-        Y = _conv(U.view(m * B, d * C_in, H, W).to(conv_dtype), w_hat, b, plan).to(mix_dtype).view(m, B, d, -1)
+    for u in units.blocks:
+        d = u.d
+        U = torch.bmm(u.t_in.expand(B, -1, -1), v).view(B, d * C_in, H, W).to(conv_dtype)
+        Y = _conv(U, hats[k], _bias(u, bias, conv_dtype), plan).to(mix_dtype).view(B, d, -1)
+        k += 1
         del U
-        for c in range(m):
-            Tc = u.t_out[:, c * d:(c + 1) * d].expand(B, -1, -1)
-            out = torch.bmm(Tc, Y[c]) if out is None else out.baddbmm_(Tc, Y[c])
+        Tb = u.t_out.expand(B, -1, -1)
+        out = torch.bmm(Tb, Y) if out is None else out.baddbmm_(Tb, Y)
         del Y
-    return out.view(B, n, C_out, Ho, Wo).to(dtype)
+    return out.view(B, n, C_out, Ho, Wo).to(s.dtype)
 
 
 def _backward(grad_out, s, weight, plan, output_mask):
     need_x, need_w = bool(output_mask[0]), bool(output_mask[1])
     if not (need_x or need_w):
         return None, None, None
-    dtype = s.dtype
     mix_dtype, conv_dtype = _dtypes(s.dtype, s.device)
     units = _units(plan.group, s.device, mix_dtype)
     C_out, n, C_in, kh, kw = weight.shape
@@ -308,50 +312,39 @@ def _backward(grad_out, s, weight, plan, output_mask):
     hats = transformed_weights(weight, units, conv_dtype)
     v = s.to(mix_dtype).contiguous().view(B, n, C_in * H * W)
     g = grad_out.to(mix_dtype).contiguous().view(B, n, C_out * Ho * Wo)
-    R = units.t_in_flat.shape[0]
-    grad_s, g_hats = None, []
-    if R:
-        gY = mix_rows(units.t_out_flat.t(), g, g.new_empty(R, B, C_out, Ho, Wo)).to(conv_dtype)
-        U = mix_rows(units.t_in_flat, v, v.new_empty(R, B, C_in, H, W)).to(conv_dtype) if need_w else None
-        gUs, row = [], 0
-        for u, w_hat in zip(units.flat, hats):
-            rows = slice(row, row + u.m)
-            x = U[rows].view(u.m * B, C_in, H, W) if need_w else \
-                torch.empty(u.m * B, C_in, H, W, dtype=conv_dtype, device=s.device)   # its shape only
-            gU, gW = _conv_backward(gY[rows].view(u.m * B, C_out, Ho, Wo), x, w_hat, plan, need_x, need_w)
-            row += u.m
-            if need_x:
-                gUs.append(gU)
-            if need_w:
-                g_hats.append(gW)
-        del gY, U
+    shape_in = (B, C_in, H, W)
+    grad_s, g_hats, k = None, [], 0
+    # Per chunk: the weight gradients first (then U is freed), then the input gradients.
+    for chunk in units.chunks:
+        R = len(chunk.units)
+        gY = mix_rows(chunk.t_out.t(), g, (B, C_out, Ho, Wo)).to(conv_dtype)
+        if need_w:
+            U = mix_rows(chunk.t_in, v, shape_in).to(conv_dtype)
+            g_hats += [_conv_grad(gY[r], U[r], hats[k + r], plan, "weight") for r in range(R)]
+            del U
         if need_x:
-            gU = torch.cat(gUs) if len(gUs) > 1 else gUs[0].contiguous()
+            gUs = [_conv_grad(gY[r], shape_in, hats[k + r], plan, "input") for r in range(R)]
+            del gY
+            gU = torch.stack(gUs)
             del gUs
-            grad_s = unmix_rows(units.t_in_flat.t(), gU.view(R, B, -1).to(mix_dtype))
+            grad_s = unmix_rows(chunk.t_in.t(), gU.view(R, B, -1).to(mix_dtype), grad_s)
             del gU
-    for u, w_hat in zip(units.blocks, hats[len(units.flat):]):
-        d, m = u.d, u.m
-        gY = g.new_empty(m, B, d, C_out * Ho * Wo)
-        for c in range(m):
-            torch.bmm(u.t_out[:, c * d:(c + 1) * d].t().expand(B, -1, -1), g, out=gY[c])
+        k += R
+    for u in units.blocks:
+        d = u.d
+        gY = torch.bmm(u.t_out.t().expand(B, -1, -1), g).view(B, d * C_out, Ho, Wo).to(conv_dtype)
         if need_w:
-            U = v.new_empty(m, B, d, C_in * H * W)
-            for c in range(m):
-                torch.bmm(u.t_in[c * d:(c + 1) * d].expand(B, -1, -1), v, out=U[c])
-            x = U.view(m * B, d * C_in, H, W).to(conv_dtype)
-        else:
-            x = torch.empty(m * B, d * C_in, H, W, dtype=conv_dtype, device=s.device)
-        gU, gW = _conv_backward(gY.view(m * B, d * C_out, Ho, Wo).to(conv_dtype), x, w_hat, plan, need_x, need_w)
-        del gY, x
-        if need_w:
-            g_hats.append(gW)
+            U = torch.bmm(u.t_in.expand(B, -1, -1), v).view(B, d * C_in, H, W).to(conv_dtype)
+            g_hats.append(_conv_grad(gY, U, hats[k], plan, "weight"))
+            del U
         if need_x:
-            gU = gU.to(mix_dtype).reshape(m, B, d, -1)
-            for c in range(m):
-                Tc = u.t_in[c * d:(c + 1) * d].t().expand(B, -1, -1)
-                grad_s = torch.bmm(Tc, gU[c]) if grad_s is None else grad_s.baddbmm_(Tc, gU[c])
+            gU = _conv_grad(gY, (B, d * C_in, H, W), hats[k], plan, "input")
+            del gY
+            Tb = u.t_in.t().expand(B, -1, -1)
+            gU = gU.to(mix_dtype).reshape(B, d, -1)
+            grad_s = torch.bmm(Tb, gU) if grad_s is None else grad_s.baddbmm_(Tb, gU)
             del gU
-    gs = None if grad_s is None else grad_s.view(s.shape).to(dtype)
-    gw = weight_grad(units, g_hats, weight.shape).to(dtype) if need_w else None
+        k += 1
+    gs = None if grad_s is None else grad_s.view(s.shape).to(s.dtype)
+    gw = weight_grad(units, g_hats, weight.shape).to(weight.dtype) if need_w else None
     return gs, gw, None
