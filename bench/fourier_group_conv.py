@@ -6,7 +6,10 @@ Sections (each writes one JSON file under --out, plus a summary.md):
   64->64 (B=4) channels on 32x32, 3x3, padding 1, float32, 1 and 2 threads;
 * ``sweep``: small shapes (C4 / D4, 4-32 channels, 8x8-32x32, 3x3 and 1x1) at 1 thread, from which
   ``equifast.backends.fourier.preferred`` (what ``auto`` takes) is set;
-* ``memory``: extra peak resident memory of one forward+backward, each contender in its own process;
+* ``memory``: extra peak resident memory of one forward+backward, each contender in its own process
+  with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), so that every tensor buffer is
+  mapped on allocation and unmapped on free: the peak then follows the live tensors instead of what
+  the heap happened to keep from the first call (without it the same run varied by 2x);
 * ``networks``: one SGD training step of ResGCNN (C4, D4; widths 32/64/128) and of Figure3Net on 8x8
   digit-sized inputs, with every op on backend="auto" vs backend="torch".
 
@@ -118,6 +121,9 @@ def _peak_child(backend, group, C, B):
     print(json.dumps({"extra_peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
+MEMORY_ENV = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
+
+
 def memory(args):
     rows = []
     for group, C, B in OP_CASES:
@@ -126,7 +132,7 @@ def memory(args):
         for _ in range(3):                      # RSS varies with the allocator's state: median of 3 processes
             for be in samples:
                 out = subprocess.run([sys.executable, __file__, "--peak-child", be, group, str(C), str(B)],
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True, check=True, env=MEMORY_ENV)
                 samples[be].append(json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mib"])
         for be, values in samples.items():
             row[be + "_mib"] = sorted(values)[1]
@@ -199,7 +205,7 @@ def summary(results, meta):
         lines.append("")
     if "memory" in results:
         lines += ["## extra peak RSS of one forward+backward after a first one (1 thread, own process, "
-                  "median of 3 processes)", "",
+                  "MALLOC_MMAP_THRESHOLD_=65536, median of 3 processes)", "",
                   "| group | C | B | torch MiB | fourier MiB |", "|---|---|---|---|---|"]
         lines += [f"| {r['group']} | {r['C']} | {r['B']} | {r['torch_mib']:.0f} | {r['fourier_mib']:.0f} |"
                   for r in results["memory"]]
