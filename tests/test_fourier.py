@@ -142,6 +142,18 @@ def test_channels_last_keeps_its_layout(name, conv):
     assert is_channels_last(out) and is_channels_last(grads[0])
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_chunked_units_match_reference(monkeypatch, rows):
+    """1-d units mixed in several chunks (C_n and D_n fit one chunk by default; large custom groups do not)."""
+    from equifast.backends.fourier import group_conv as fgc
+    monkeypatch.setattr(fgc, "CHUNK_ROWS", lambda n: rows)
+    monkeypatch.setattr(fgc, "_UNITS", {})
+    assert len(fgc._units(groups.get("C8"), "cpu", torch.float64).chunks) == -(-11 // rows)
+    for name in ("C8", "D4"):
+        s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=2, H=6)
+        _assert_matches_reference(s, w, b, group=name, stride=2, padding=(1, 2, 0, 1))
+
+
 def test_field_major_input_and_no_bias():
     s, w, _ = make_problem("group_conv", "C8", B=2, C_in=3, C_out=2, H=6)
     _assert_matches_reference(s.transpose(1, 2).contiguous().transpose(1, 2), w, None, group="C8", padding=1)

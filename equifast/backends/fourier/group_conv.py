@@ -4,8 +4,7 @@ C_out x C_in filters (C_n's complex frequencies are three 1-d units each: ``basi
 
 The stack is mixed into rows, U[r] = Σ_g t_in[r, g] s[:, g], stored row-major as [R, B, C, H, W], so
 that each row is a dense batch of images for its convolution without a copy. The 1-d units are taken
-in chunks of at most n rows (``CHUNK_ROWS``: bounds the transformed operands held at once to about
-one stack, as C_n's three-product form has more rows than the group has elements):
+in chunks of at most 2n rows (``CHUNK_ROWS``: all of C_n's and D_n's in one chunk):
 
     U = t_in ·_g s                       one batched product per chunk              [R, B, C_in, H, W]
     Ŵ_k = t_w_k ·_h w                    all units in one small product             [d*C_out, d*C_in, kh, kw]
@@ -88,9 +87,11 @@ class Units:
 
 
 def CHUNK_ROWS(n: int) -> int:   # noqa: N802 (a tuning constant of the group order)
-    """Rows of 1-d units mixed and convolved together: at most n, so a chunk's operands are at most one
-    stack each (the peak memory stays at or below the dense bank's)."""
-    return max(1, n)
+    """Rows of 1-d units mixed and convolved together: at most 2n, which takes every 1-d unit of C_n and
+    D_n in one chunk (fewest passes over the stack) and keeps the peak memory of a forward+backward
+    below the dense bank's (bench/fourier_group_conv.py, memory section); larger custom groups with
+    many 1-d irreducibles are split."""
+    return max(1, 2 * n)
 
 
 def units_of(b: _basis.Basis) -> List[Unit]:
