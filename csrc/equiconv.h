@@ -212,15 +212,17 @@ inline PixelMap make_pixel_map(const std::string& op, const at::Tensor& xmap, co
   return pm;
 }
 
-// The pixel map as an int64 table [n, H·W] on the input's device (what the CUDA kernels read).
-inline at::Tensor pixel_table_long(const Prepared& p) {
+// The pixel map as a table [n, H·W] of `dtype` (int32 or int64; int32 needs H·W < 2^31) on the input's
+// device, for a kernel that cannot read the affine form (csrc/cuda: an affine map with more copies than it
+// takes by value). Row e: view pixel r·W + q of copy e reads input pixel table[e][r·W + q].
+inline at::Tensor pixel_table(const Prepared& p, at::ScalarType dtype) {
   const Geom& g = p.geom;
-  auto lopt = at::TensorOptions().dtype(at::kLong).device(p.x.device());
+  auto opt = at::TensorOptions().dtype(dtype).device(p.x.device());
   const int64_t HW = g.H * g.W;
-  if (p.xmap.kind == PixelMap::kTable) return p.xmap.table.to(at::kLong).contiguous();
-  if (p.xmap.kind == PixelMap::kIdentity) return at::arange(HW, lopt).unsqueeze(0).expand({g.n, HW}).contiguous();
-  at::Tensor a = at::from_blob(const_cast<int64_t*>(p.xmap.affine.data()), {g.n, 6}, at::kLong).to(lopt);
-  at::Tensor r = at::arange(g.H, lopt).view({1, g.H, 1}), q = at::arange(g.W, lopt).view({1, 1, g.W});
+  if (p.xmap.kind == PixelMap::kTable) return p.xmap.table.to(dtype).contiguous();
+  if (p.xmap.kind == PixelMap::kIdentity) return at::arange(HW, opt).unsqueeze(0).expand({g.n, HW}).contiguous();
+  at::Tensor a = at::from_blob(const_cast<int64_t*>(p.xmap.affine.data()), {g.n, 6}, at::kLong).to(opt);
+  at::Tensor r = at::arange(g.H, opt).view({1, g.H, 1}), q = at::arange(g.W, opt).view({1, 1, g.W});
   auto coef = [&](int i) { return a.select(1, i).view({g.n, 1, 1}); };
   at::Tensor row = coef(0) * r + coef(1) * q + coef(2), col = coef(3) * r + coef(4) * q + coef(5);
   return (row * g.W + col).reshape({g.n, HW}).contiguous();

@@ -3,7 +3,8 @@
 # torch 2.11 + CUDA 13.0, triton, nvcc, ninja, pytest, hypothesis; no registry access):
 # build equifast._C with its CUDA kernels and run the GPU tests.
 #
-#   bash tools/gpu_test.sh                 # tests/test_extension_cuda.py + every other test marked gpu
+#   bash tools/gpu_test.sh                 # tests/test_extension_cuda.py, tests/test_cuda_*.py (pixel-map
+#                                          # forms, int64 indices, peak memory) + every other test marked gpu
 #   GPU_TESTS="tests/test_extension_cuda.py" bash tools/gpu_test.sh
 # Env: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's), PYTEST_ARGS.
 set -euo pipefail
