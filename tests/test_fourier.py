@@ -142,6 +142,27 @@ def test_channels_last_keeps_its_layout(name, conv):
     assert is_channels_last(out) and is_channels_last(grads[0])
 
 
+@pytest.mark.parametrize("mode", ["units", "grouped"])
+@pytest.mark.parametrize("name", ["C4", "D4", "C16", "fourier-S3"])
+def test_both_conv_modes_match_reference(monkeypatch, mode, name):
+    """One conv per unit and grouped convs over runs (chosen by thread count and group size) agree with
+    the reference; ``grouped`` picks the measured-faster one."""
+    from equifast.backends.fourier import group_conv as fgc
+    monkeypatch.setattr(fgc, "MODE", mode)
+    s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=2, H=6)
+    _assert_matches_reference(s, w, b, group=name, stride=(2, 1), padding=(1, 2, 0, 1))
+    _assert_matches_reference(to_channels_last(s), w, None, group=name, padding=1)
+    monkeypatch.setattr(fgc, "MODE", "auto")
+    units = {g: fgc._units(groups.get(g), "cpu", torch.float64) for g in ("C4", "D4", "C8", "C16")}
+    assert [fgc.grouped(units[g]) for g in ("C4", "D4", "C8", "C16")] == [False, False, False, True]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fgc.grouped(units["C4"])
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_chunked_units_match_reference(monkeypatch, rows):
     """1-d units mixed in several chunks (C_n and D_n fit one chunk by default; large custom groups do not)."""
