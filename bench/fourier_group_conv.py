@@ -192,7 +192,7 @@ def networks(args):
 
 
 def summary(results, meta):
-    lines = [f"# fourier vs torch backend (CPU)", "", f"- command: `{meta['command']}`",
+    lines = ["# fourier vs torch backend (CPU)", "", f"- command: `{meta['command']}`",
              f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: load averages recorded "
              f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}",
              "- GPU: none (CPU-only machine; the CUDA ratios asked for are not measured)", ""]
