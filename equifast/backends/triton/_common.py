@@ -137,10 +137,14 @@ def prune_configs(configs, args):
     pipelined tiles fit in shared memory (the rest could not launch) and, for the forward GEMM, the
     tile suits its K walk (flattened: BLOCK_M·BLOCK_K <= 2048 and BLOCK_N <= 128; tap walk:
     BLOCK_K >= 32 and BLOCK_N·BLOCK_K <= 8192, for float32 BLOCK_K = 32 and BLOCK_M·BLOCK_N <= 16384:
-    the configs tools/gpu_static_check.py found spill-free and fastest by its model)."""
+    the configs tools/gpu_static_check.py found spill-free and fastest by its model; for the
+    weight-gradient GEMM's flat walk BLOCK_N·BLOCK_K <= 2048, larger tiles spill)."""
     itemsize = next(v for v in args.values() if hasattr(v, "element_size")).element_size()
     keep = [c for c in configs if shared_bytes(c, itemsize) <= SHARED_MEMORY - 8 * 1024]
-    if "TAP_MODE" in args:
+    if "gw_ptr" in args:                     # weight gradient: the flat walk gathers a [BLOCK_K, BLOCK_N] tile
+        if not args["TAP_MODE"]:
+            keep = [c for c in keep if c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 2048]
+    elif "TAP_MODE" in args:
         if args["TAP_MODE"]:
             keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 32 and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 8192
                     and (itemsize <= 2 or (c.kwargs["BLOCK_K"] == 32 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 16384))]

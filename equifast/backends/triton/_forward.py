@@ -228,14 +228,14 @@ def group_weight(weight, plan):
     return k_major(w.reshape(-1, *w.shape[2:]))
 
 
-def group_weight_adjoint(weight, plan):
+def group_weight_transposed(weight, plan):
     """Filters of the group conv's input gradient (``conv_transpose``, taps not flipped), K-major:
     column (s, ci), slot g, taps, co: gs[s] = Σ_g conv_transpose(dy[g], filter(g, s))."""
     w = _group_filters(weight, plan).permute(2, 3, 0, 1, 4, 5)            # [n(s), C_in, n(g), C_out, kh, kw]
     return k_major(w.reshape(-1, *w.shape[2:]))
 
 
-def lift_weight_adjoint(weight, plan, copies: int):
+def lift_weight_transposed(weight, plan, copies: int):
     """Filters of the lift's input gradient (taps not flipped), K-major [C_in, copies, kh, kw, C_out]:
     canonical frame act(w, g) for slot g of grad_out; view frame w itself for every slot."""
     if plan.frame == "canonical" and plan.order > 1:
@@ -243,6 +243,41 @@ def lift_weight_adjoint(weight, plan, copies: int):
     else:
         w = weight.transpose(0, 1).unsqueeze(0).expand(copies, -1, -1, -1, -1)
     return w.permute(1, 0, 3, 4, 2).contiguous()
+
+
+def act_adjoint(t: torch.Tensor, group, elements) -> torch.Tensor:
+    """out[i] = the adjoint of act(·, elements[i]) applied to t[i] (t [m, ..., H, W], float32): the
+    transposed gather tables (exact groups: act(·, e⁻¹)); zero-weight taps are skipped."""
+    m, (H, W) = t.shape[0], t.shape[-2:]
+    index, weight = C.gather_table(group, H, W, elements, t.device, transposed=True)   # [m, HW, T]
+    T = index.shape[-1]
+    flat = t.reshape(m, -1, H * W)
+    vals = flat.gather(-1, index.long().reshape(m, 1, H * W * T).expand(m, flat.shape[1], H * W * T))
+    vals = vals.view(m, flat.shape[1], H * W, T)
+    wt = weight.view(m, 1, H * W, T)
+    return (vals * wt).masked_fill(wt == 0, 0).sum(-1).view(t.shape)
+
+
+def lift_weight_grad(gw_k: torch.Tensor, weight, plan, folded: bool) -> torch.Tensor:
+    """The lift's weight gradient from the gradient of ``lift_weight``'s filters (its adjoint)."""
+    C_out, C_in, kh, kw = weight.shape
+    g = gw_k.reshape(-1, C_out, kh, kw, C_in).permute(0, 1, 4, 2, 3)      # [copies, C_out, C_in, kh, kw]
+    if folded:
+        g = act_adjoint(g, plan.group, range(plan.order))
+    return g.sum(0).to(weight.dtype)
+
+
+def group_weight_grad(gw_k: torch.Tensor, weight, plan) -> torch.Tensor:
+    """The group conv's weight gradient from the gradient of ``group_weight``'s filters (its adjoint:
+    canonical frame the act's adjoint per copy g, then gw[:, h] = Σ_g gW[g, :, g·h])."""
+    C_out, n, C_in, kh, kw = weight.shape
+    group = plan.group
+    g = gw_k.reshape(n, C_out, n, kh, kw, C_in).permute(0, 1, 2, 5, 3, 4)  # [n(g), C_out, n(s), C_in, kh, kw]
+    if plan.frame == "canonical":
+        g = act_adjoint(g, group, range(n))
+    idx = torch.tensor([[group.cayley[e][h] for h in range(n)] for e in range(n)], device="cpu")
+    idx = idx.to(gw_k.device).view(n, 1, n, 1, 1, 1).expand(g.shape)
+    return g.gather(2, idx).sum(0).to(weight.dtype)
 
 
 def inverse_rows(maps, top: int, left: int):

@@ -4,7 +4,8 @@
     p = i·sh - pt + a·dh,  q = j·sw - pl + c·dw,  X_g[..., p, q] = x[..., off_g + p·sph_g + q·spw_g]
 
 i.e. the gradient of the forward GEMM's K-major filters w_k [N, S, kh, kw, C_in]; the host takes it
-back through the filter pre-pass (``lift_weight`` / ``group_weight``, tiny) to the op's weight.
+back through the adjoint of the filter pre-pass (``_forward.lift_weight_grad`` / ``group_weight_grad``,
+a permutation or gather of the tiny filters) to the op's weight.
 Rows = N = (gc, co) (grad_out channels), columns = K = (s, a, c, ci), reduction over the copies g
 (grid-less loop: view-frame lifts, one affine view per copy; every other case one copy) and the
 output pixels of the images of this program's split (grid axis 1; deterministic float32 partials
@@ -24,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import _common as C
+from . import _forward as F
 
 
 @triton.jit
@@ -31,7 +33,8 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
                              S, C_in, H, W, N, C_out, Ho, Wo, KH, KW, KT,
                              sxb, sxs, sxc, syb, syg, syc, syh, syw,
                              sh, sw, pt, pl, dh, dw, copies, chunks, per_split, bands, ROWS,
-                             TAP_MODE: tl.constexpr, COL_FLAT: tl.constexpr, PREC: tl.constexpr,
+                             TAP_MODE: tl.constexpr, COL_FLAT: tl.constexpr, PIX_FLAT: tl.constexpr,
+                             ALIGN: tl.constexpr, PREC: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -77,6 +80,8 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
         spw = tl.load(aff_ptr + 3 * g + 1)
         off = tl.load(aff_ptr + 3 * g + 2)
         cofs = off + xcol + da * sph + dc * spw             # per column (TAP_MODE: ci block + scalar)
+        if TAP_MODE and ALIGN > 1:                          # the host checked every stride and offset
+            cofs = tl.max_contiguous(tl.multiple_of(cofs, ALIGN), BLOCK_N)
         psh = sh * sph
         psw = sw * spw
         for chunk in range(lo, hi):                         # (image, band of output rows)
@@ -87,10 +92,15 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
             dy_img = dy_ptr + (b.to(tl.int64) * syb + g * syg)
             i = i_lo + ki                                   # int32 pixel counters carried by the loop
             j = kj
+            r = i_lo * Wo
             for _ in range(0, tl.cdiv((i_hi - i_lo) * Wo, BLOCK_K)):
                 k_ok = i < i_hi
-                av = tl.load(dy_img + (dycol[:, None] + (i * syh + j * syw)[None, :]),
-                             mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                if PIX_FLAT:                                # grad_out pixels adjacent: a contiguous run
+                    pix = tl.max_contiguous(tl.multiple_of(r + rk, BLOCK_K), BLOCK_K)
+                    r += BLOCK_K
+                else:
+                    pix = i * syh + j * syw
+                av = tl.load(dy_img + (dycol[:, None] + pix[None, :]), mask=m_ok[:, None] & k_ok[None, :], other=0.0)
                 prow = i * psh + j * psw
                 if TAP_MODE:
                     pa = i * sh + da
@@ -135,7 +145,11 @@ def conv_grad_weight(x5, dy, aff, copies, N, C_out, kh, kw, stride, dilation, to
     flat = [v for row in aff for v in row]
     aff_t = C.int_table([flat], x5.device)
     tap_mode = C_in >= 16
-    kernel, meta = C.launcher(_conv_grad_weight_kernel, ("N", "KT", "C_in", "Wo", "TAP_MODE"))
+    align = F._align(x5.element_size(), sxb, sxs, *flat) if (tap_mode and sxc == 1) else 1
+    # grad_out pixels as one contiguous run per (image, band), hinted aligned when each band starts
+    # at a multiple of every BLOCK_K (128)
+    pix_flat = syw == 1 and syh == Wo and (bands == 1 or (rows * Wo) % 128 == 0)
+    kernel, meta = C.launcher(_conv_grad_weight_kernel, ("N", "KT", "C_in", "Wo", "TAP_MODE", "ALIGN"))
     if tap_mode:
         cols = lambda META: S * kh * kw * triton.cdiv(C_in, META["BLOCK_N"])
     else:
@@ -145,14 +159,8 @@ def conv_grad_weight(x5, dy, aff, copies, N, C_out, kh, kw, stride, dilation, to
                  S, C_in, H, W, N, C_out, Ho, Wo, kh, kw, KT,
                  sxb, sxs, sxc, syb, syg, syc, syh, syw, sh, sw, pt, pl, dh, dw,
                  copies, chunks, per_split, bands, rows,
-                 TAP_MODE=tap_mode, COL_FLAT=(N == C_out or syg == C_out * syc), PREC=C.dot_precision(x5.dtype),
+                 TAP_MODE=tap_mode, COL_FLAT=(N == C_out or syg == C_out * syc), PIX_FLAT=pix_flat, ALIGN=align,
+                 PREC=C.dot_precision(x5.dtype),
                  **meta)
     gw = part[0] if splits == 1 else part.sum(0)
     return gw.view(N, S, kh, kw, C_in)
-
-
-def pre_pass_adjoint(pre_pass, weight, gw_k):
-    """The op's weight gradient from the gradient ``gw_k`` of the pre-pass filters ``pre_pass(weight)``:
-    the pre-pass's vector-Jacobian product (a permutation or gather of the tiny filters), float32."""
-    out, vjp = torch.func.vjp(pre_pass, weight.detach().to(torch.float32))
-    return vjp(gw_k.reshape(out.shape))[0].to(weight.dtype)

@@ -12,16 +12,16 @@ forward      ``_forward``: W built by a small pre-pass on the filters (``_forwar
              one implicit GEMM with rows = output pixels, columns = (g, co) (N = n·C_out),
              K = (s, tap, ci): the stack is read once for all n copies.
 grad input   gs[b, s] = Σ_g conv_transpose(dy[b, g], W[g, s]): the forward GEMM on grad_out with
-             columns (s, ci) and K = (g, tap, co) (``_forward.group_weight_adjoint``), one launch per
+             columns (s, ci) and K = (g, tap, co) (``_forward.group_weight_transposed``), one launch per
              stride phase (``_forward.conv_transpose``), grad_out read once for all n input slots.
 grad weight  ``_grad_weight``: the gradient of W (rows (g, co), columns (s, tap, ci)), then the
-             vector-Jacobian product of the pre-pass on the host (the Cayley shift and, canonical,
-             the act on the filters; tiny).
+             adjoint of the pre-pass on the host (``_forward.group_weight_grad``: the Cayley shift
+             and, canonical, the act on the filters; tiny).
 """
 from __future__ import annotations
 
 from . import _forward as F
-from ._grad_weight import conv_grad_weight, pre_pass_adjoint
+from ._grad_weight import conv_grad_weight
 
 
 def _out_stack(s, shape):
@@ -57,7 +57,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
             gs.zero_()
         elif B * H * W:
             dy = F.channels_inner(grad_out)
-            F.conv_transpose(dy, F.group_weight_adjoint(weight, plan), gs, [(dy.stride(3), dy.stride(4), 0)], 1,
+            F.conv_transpose(dy, F.group_weight_transposed(weight, plan), gs, [(dy.stride(3), dy.stride(4), 0)], 1,
                              plan.stride, plan.dilation, (pt, pl), C_in)
     if output_mask[1]:
         if C_out == 0 or B * Ho * Wo == 0:
@@ -65,5 +65,5 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
         else:
             gw_k = conv_grad_weight(s, grad_out, [(s.stride(3), s.stride(4), 0)], 1, n * C_out, C_out, kh, kw,
                                     plan.stride, plan.dilation, (pt, pl))
-            gw = pre_pass_adjoint(lambda w: F.group_weight(w, plan), weight, gw_k)
+            gw = F.group_weight_grad(gw_k, weight, plan)
     return gs, gw, None

@@ -19,15 +19,14 @@ grad input   the forward GEMM on grad_out (``_forward.conv_transpose``: one laun
              into a float32 buffer (copies on grid axis 1), then the adjoint of the views' gather.
 grad weight  ``_grad_weight``: the gradient of the forward's K-major filters (view frame: Σ over the
              copies' affine views inside the kernel; canonical: the n·C_out acted-filter columns),
-             then the vector-Jacobian product of the filter pre-pass on the host (tiny).
+             then the adjoint of the filter pre-pass on the host (tiny).
 """
 from __future__ import annotations
 
 import torch
 
-from . import _common as C
 from . import _forward as F
-from ._grad_weight import conv_grad_weight, pre_pass_adjoint
+from ._grad_weight import conv_grad_weight
 
 
 def _alloc_like_input(x, shape):
@@ -72,18 +71,6 @@ def lift_conv_forward(x, weight, bias, plan):
                           (plan.padding[0], plan.padding[2]), C_out, kh, kw)
 
 
-def _adjoint_views(buf, group, elements):
-    """Σ_g adjoint(act(·, elements[g]))(buf[:, g]): buf [B, m, C, H, W] -> [B, C, H, W], through the
-    transposed gather tables (for the view lift's input gradient where the views are no affine map)."""
-    B, m, Cc, H, W = buf.shape
-    index, weight = C.gather_table(group, H, W, elements, buf.device, transposed=True)   # [m, HW, T]
-    T = index.shape[-1]
-    idx = index.long().reshape(1, m, 1, H * W * T).expand(B, m, Cc, H * W * T)
-    vals = buf.reshape(B, m, Cc, H * W).gather(-1, idx).view(B, m, Cc, H * W, T)
-    wt = weight.view(1, m, 1, H * W, T)
-    return (vals * wt).masked_fill(wt == 0, 0).sum((-1, 1)).view(B, Cc, H, W)
-
-
 def lift_conv_backward(grad_out, x, weight, plan, output_mask):
     B, C_in, H, W = x.shape
     C_out, _, kh, kw = weight.shape
@@ -103,15 +90,15 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
             dy = F.channels_inner(grad_out)
             if canonical or (maps is not None and (sh, sw) == (1, 1) and F.rows_invert(maps, H, W)):
                 rows = None if canonical else F.inverse_rows(maps, (kh - 1) * dh - pt, (kw - 1) * dw - pl)
-                F.conv_transpose(dy, F.lift_weight_adjoint(weight, plan, n), gx.unsqueeze(1),
+                F.conv_transpose(dy, F.lift_weight_transposed(weight, plan, n), gx.unsqueeze(1),
                                  [(dy.stride(3), dy.stride(4), 0)], 1, plan.stride, plan.dilation, (pt, pl), C_in,
                                  rows=rows)
             else:
                 buf = torch.empty((B, n, C_in, H, W), dtype=torch.float32, device=x.device)
                 aff = [(dy.stride(3), dy.stride(4), g * dy.stride(1)) for g in range(n)]
-                F.conv_transpose(dy[:, :1], F.lift_weight_adjoint(weight, plan, 1), buf, aff, n,
+                F.conv_transpose(dy[:, :1], F.lift_weight_transposed(weight, plan, 1), buf, aff, n,
                                  plan.stride, plan.dilation, (pt, pl), C_in)
-                gx.copy_(_adjoint_views(buf, group, list(group.inverse)))
+                gx.copy_(F.act_adjoint(buf.transpose(0, 1), group, list(group.inverse)).sum(0))
     if output_mask[1]:
         if C_out == 0 or B * Ho * Wo == 0:
             gw = torch.zeros_like(weight)
@@ -127,5 +114,5 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
             copies = 1 if canonical else n
             gw_k = conv_grad_weight(x5, grad_out, aff, copies, (n if folded else 1) * C_out, C_out, kh, kw,
                                     plan.stride, plan.dilation, (pt, pl))
-            gw = pre_pass_adjoint(lambda w: F.lift_weight(w, plan, folded=folded), weight, gw_k)
+            gw = F.lift_weight_grad(gw_k, weight, plan, folded)
     return gx, gw, None
