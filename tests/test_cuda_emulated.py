@@ -13,7 +13,13 @@ block-level synchronisation of the real kernel source. It cannot show GPU-only f
 races the barrier emulation hides, device memory errors, the nvcc build): those are for
 tests/test_cuda_kernels.py and ``make sanitize`` on a GPU. Compiles the harness once per source
 version (torch.utils.cpp_extension.load_inline into torch's extension cache, the name carrying a hash
-of the harness and headers; about a minute); skipped without a C++ compiler."""
+of the harness and headers; about a minute); skipped without a C++ compiler.
+
+With sanitizers (out-of-bounds reads and writes of every tensor the kernels touch, and signed overflow
+in the int32 instantiation):
+    EQUIFAST_EMULATE_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-wrapv" \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/test_cuda_emulated.py"""
 import hashlib
 import os
 import shutil
@@ -143,14 +149,16 @@ def emu():
     if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler to build the emulation of the CUDA kernels")
     from torch.utils import cpp_extension
-    digest = hashlib.sha1(HARNESS.encode())
+    extra = os.environ.get("EQUIFAST_EMULATE_CFLAGS", "").split()  # e.g. sanitizers, see the module doc
+    digest = hashlib.sha1((HARNESS + " ".join(extra)).encode())
     for h in HEADERS:
         with open(os.path.join(ROOT, h), "rb") as f:
             digest.update(f.read())
     return cpp_extension.load_inline(
         name=f"equifast_cuda_emulated_{digest.hexdigest()[:12]}", cpp_sources=[HARNESS],
         functions=["lift", "lift_backward", "group", "group_backward"],
-        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-I" + os.path.join(ROOT, "csrc")],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-I" + os.path.join(ROOT, "csrc")] + extra,
+        extra_ldflags=[f for f in extra if f.startswith("-fsanitize")],
         with_cuda=False, verbose=False)
 
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels' pixel-map forms and index widths (csrc/cuda/equiconv_kernel.cu), through the
+"""The CUDA kernels' pixel-map forms and index widths (csrc/cuda/kernels.cuh), through the
 compiled ops directly: an affine map, the same map as an int64 and an int32 pixel table, an affine
 map with more copies than the kernels take by value (read as a table), the int64 index instantiation
 (an input whose offsets reach past 2^31) against the int32 one, and a pixel table that is not a

@@ -17,8 +17,8 @@
 //
 // The pixel map is read in its own form (csrc/equiconv.h): the identity and the affine maps of
 // rotations / flips by multiples of 90° as coefficients passed by value (AffineMaps; the inverse that
-// grad input reads is affine too: no per-size table, no argsort), a pixel table as int32 (int64 only
-// where H·W needs it; its inverse for grad input is one scatter kernel).
+// grad input reads is affine too: no per-size table, no argsort), a pixel table in the index type
+// (int32 unless the int64 instantiation runs; its inverse for grad input is one scatter kernel).
 // Index type: every kernel is instantiated for I = int32_t and int64_t and the host picks int32 when
 // every tensor and geometry value involved is below kIndex32Limit (fits_index32); the int64 instantiation
 // stays for huge tensors. Inside the kernels there is no `/` or `%`: divisions by loop-invariant values
