@@ -2,7 +2,8 @@
 # Compile equifast's CUDA sources without a GPU, so that a broken .cu fails CI, then read the SASS of
 # the compiled kernels and fail if any equifast kernel uses local memory (a stack frame, LDL/STL: spilled
 # registers or an array the compiler could not keep in registers) or calls a 64-bit integer division
-# routine (CALL to __cuda_sm*_div_s64 / rem_s64 / div_u64 / rem_u64: ~70 instructions per call); prints
+# routine (CALL to __cuda_sm*_div_s64 / rem_s64 / div_u64 / rem_u64: a subroutine of about 80
+# instructions); prints
 # registers, stack and shared memory per kernel.
 #
 # Creates (or reuses) a separate venv .venv-cuda with torch==2.14.1 (a CUDA 13.0 build) and compiles
