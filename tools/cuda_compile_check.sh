@@ -3,8 +3,7 @@
 # the compiled kernels and fail if any equifast kernel uses local memory (a stack frame, LDL/STL: spilled
 # registers or an array the compiler could not keep in registers) or calls a 64-bit integer division
 # routine (CALL to __cuda_sm*_div_s64 / rem_s64 / div_u64 / rem_u64: a subroutine of about 80
-# instructions); prints
-# registers, stack and shared memory per kernel.
+# instructions); prints registers, stack and shared memory per kernel.
 #
 # Creates (or reuses) a separate venv .venv-cuda with torch==2.14.1 (a CUDA 13.0 build) and compiles
 # csrc/ (CPU + CUDA sources) with the machine's nvcc into .venv-cuda/equifast-build (incremental); the in-place
