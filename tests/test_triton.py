@@ -73,13 +73,28 @@ def _check_half(kind, x, w, b, **kw):
 @pytest.mark.parametrize("kind,group,frame", [("lift", "C4", "view"), ("group", "D2", "canonical"),
                                               ("lift", "C8", "canonical")])
 def test_split_k_weight_gradient(kind, group, frame, monkeypatch):
-    """The GPU path splits the weight-gradient reduction into float32 partials; force it here."""
+    """The GPU path splits the weight-gradient reduction into float32 partials; force it here
+    (3 splits of 2 images: each image split into 2 row bands)."""
     _common = importlib.import_module("equifast.backends.triton._common")
     monkeypatch.setattr(_common, "split_k", lambda tiles, reduction, device: 3)
     x, w, b = _make(kind, group, B=2, H=12, W=12, C_in=2, C_out=3)         # 288 output rows: 3 splits
     _check_fp32(kind, x, w, b, group=group, frame=frame, padding=1)
     if kind == "lift":
         _check_half(kind, x.half(), w.half(), b.half(), group=group, frame=frame, padding=1)
+
+
+# ---------------------------------------------------------------------------
+# deep inputs: channels-innermost copy and the tap walks
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,group,frame,stride", [("lift", "C4", "view", 1), ("lift", "D4", "canonical", 2),
+                                                     ("group", "C4", "view", 1), ("group", "D2", "canonical", 2)])
+def test_deep_contiguous_input(kind, group, frame, stride):
+    """C_in >= 32, contiguous: the forward copies the input channels_last, the input gradient runs the
+    forward GEMM on grad_out (copied too; stride 2: four phase launches), the weight gradient the
+    tap walk; outputs keep the input's layout."""
+    x, w, b = _make(kind, group, B=1, H=5, W=5, C_in=32, C_out=16)
+    out, _ = _check_fp32(kind, x, w, b, group=group, frame=frame, padding=1, stride=stride)
+    assert out.is_contiguous()
 
 
 # ---------------------------------------------------------------------------

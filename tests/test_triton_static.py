@@ -1,8 +1,10 @@
 """Host-side pieces of the Triton forward GEMM and the static sm_90 check, without running a kernel.
 
 The kernels themselves are checked against the reference in tests/test_triton.py (interpreter);
-here: the affine views that replace gather tables, the filter pre-passes that fold the group into
-the GEMM, the autotuning space, and the SASS reader of tools/gpu_static_check.py.
+here: the affine views that replace gather tables (and their inverses, the row maps of the view
+lift's input gradient), the filter pre-passes that fold the group into the GEMM and their adjoints
+(the weight gradients), the channels-innermost copy of deep inputs, the autotuning spaces, and
+the SASS reader of tools/gpu_static_check.py.
 """
 from __future__ import annotations
 
@@ -83,6 +85,50 @@ def test_lift_weight_folds_the_copies_into_columns():
     torch.testing.assert_close(y, ref)
 
 
+@pytest.mark.parametrize("group", EXACT)
+def test_inverse_rows_invert_the_affine_views(group):
+    """The row maps of the view lift's input gradient send input pixel P to the view pixel (p, q)
+    with X_g[p, q] = x[P] (here top = left = 0), for every copy g."""
+    g = groups.get(group)
+    H, W = (5, 5) if group in ("C4", "D4") else (4, 6)
+    maps = F.affine_maps(g, H, W, g.inverse)
+    assert F.rows_invert(maps, H, W)
+    P0 = torch.arange(H).repeat_interleave(W)
+    P1 = torch.arange(W).repeat(H)
+    for (a00, a01, a10, a11, t0, t1), (u0, b00, b01, u1, b10, b11) in zip(maps, F.inverse_rows(maps, 0, 0)):
+        p, q = u0 + b00 * P0 + b01 * P1, u1 + b10 * P0 + b11 * P1
+        assert torch.equal(t0 + a00 * p + a01 * q, P0) and torch.equal(t1 + a10 * p + a11 * q, P1)
+    assert not F.rows_invert([(1, 0, 0, 0, 0, 0)], 3, 3)                          # not a bijection
+
+
+@pytest.mark.parametrize("frame", ["view", "canonical"])
+@pytest.mark.parametrize("group", ["C4", "D4", "C8"])
+def test_weight_grads_are_the_adjoints_of_the_filter_pre_passes(group, frame):
+    """<pre_pass(w), G> = <w, weight_grad(G)> for the lift's and the group conv's filter pre-passes."""
+    from equifast._args import make_plan
+    g = groups.get(group)
+    n = g.order
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    lift = make_plan(group, 1, 1, 1, frame, 3, 3, "lift_conv")
+    folded = frame == "canonical"
+    G = torch.randn(F.lift_weight(w, lift, folded).shape, dtype=torch.float64)
+    torch.testing.assert_close((F.lift_weight(w, lift, folded) * G).sum(),
+                               (w * F.lift_weight_grad(G, w, lift, folded)).sum())
+    w = torch.randn(3, n, 2, 3, 3, dtype=torch.float64)
+    plan = make_plan(group, 1, 1, 1, frame, 3, 3, "group_conv")
+    G = torch.randn(F.group_weight(w, plan).shape, dtype=torch.float64)
+    torch.testing.assert_close((F.group_weight(w, plan) * G).sum(), (w * F.group_weight_grad(G, w, plan)).sum())
+
+
+def test_channels_inner_copies_only_deep_inputs_whose_channels_are_not_innermost():
+    shallow = torch.randn(2, F.CHANNELS_INNER_MIN - 1, 4, 4)
+    assert F.channels_inner(shallow) is shallow
+    deep = torch.randn(2, 3, F.CHANNELS_INNER_MIN, 4, 4)                 # a stack [B, n, C, H, W]
+    out = F.channels_inner(deep)
+    assert out.stride(-3) == 1 and torch.equal(out, deep)
+    assert F.channels_inner(out) is out
+
+
 @pytest.mark.parametrize("space", [C.gemm_configs, C.forward_configs])
 def test_autotune_space_has_no_duplicates(space):
     keys = [(tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) for c in space()]
@@ -99,6 +145,16 @@ def test_pruned_forward_space_fits_and_suits_the_walk(dtype, tap_mode):
         assert C.shared_bytes(c, x.element_size()) <= C.SHARED_MEMORY
         bk = c.kwargs["BLOCK_K"]
         assert (bk >= 32) if tap_mode else (c.kwargs["BLOCK_M"] * bk <= 2048)
+
+
+@pytest.mark.parametrize("tap_mode", [False, True])
+def test_pruned_weight_gradient_space_fits_and_suits_the_walk(tap_mode):
+    x = torch.empty(1, dtype=torch.bfloat16)
+    kept = C.prune_configs(C.gemm_configs(), dict(x_ptr=x, gw_ptr=x, TAP_MODE=tap_mode))
+    assert kept
+    for c in kept:
+        assert C.shared_bytes(c, x.element_size()) <= C.SHARED_MEMORY
+        assert tap_mode or c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 2048
 
 
 def _tool():
