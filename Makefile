@@ -60,7 +60,8 @@ bench-quick: setup
 bench: setup
 	$(PY) -m equifast bench --out runs/bench
 
-# Compiles the CUDA sources with torch 2.14.1's CUDA build and the machine's nvcc (no GPU needed).
+# Compiles the CUDA sources with torch 2.14.1's CUDA build and the machine's nvcc (no GPU needed),
+# then reads the SASS: fails on local memory or calls to a 64-bit division routine in the kernels.
 cuda-compile-check:
 	bash tools/cuda_compile_check.sh
 

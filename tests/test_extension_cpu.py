@@ -6,7 +6,6 @@ convolution arguments (and gradcheck, opcheck of the public ops, empty batch) is
 tests/test_conformance.py (target "cpu-cpu").
 
 Skipped, with the reason, when equifast._C is not built (``make build``; ``make test`` builds it)."""
-import itertools
 import warnings
 
 import pytest
@@ -138,69 +137,6 @@ def test_missing_extension_warns_once_and_reports_unavailable(monkeypatch):
         ext.load()
     assert not ok and "not built" in reason and "make build" in reason
     assert len([c for c in caught if "equifast._C" in str(c.message)]) == 1
-
-
-def _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W, k=3, B=1, C=1, Co=2):
-    """The index maths of csrc/cuda/equiconv_kernel.cu's grad_input_kernel (a gather through the inverse
-    pixel table) and grad_weight_kernel (per-tap reductions folded by the inverse weight index), in
-    Python, so that CI without a GPU still checks them against the CPU kernels."""
-    n = groups.get(group).order
-    plan = equifast._args.make_plan(group, stride, padding, dilation, frame, k, k, op)
-    x, w, _ = _problem(op, group, H, W, k, k, B=B, C_in=C, C_out=Co)
-    if op == "lift_conv":
-        m, x5 = 1, x[:, None]
-        # the view's pixel table perm[g⁻¹] (the kernels may take it as affine maps: ext.lift_tables)
-        G = groups.get(group)
-        view = frame == "view" and n > 1
-        xperm = G.permutations(H, W)[list(G.inverse)] if view else torch.empty(0, dtype=torch.int64)
-        kperm = ext.lift_tables(plan, H, W, k, k, "cpu")[1]
-        slot = torch.zeros(n, 1, dtype=torch.int64)
-    else:
-        m, x5 = n, x
-        slot, kperm = ext.group_tables(plan, k, k, "cpu")
-        xperm = torch.empty(0, dtype=torch.int64)
-    KK, K = k * k, m * C * k * k
-    xperm = torch.arange(H * W).expand(n, H * W) if xperm.numel() == 0 else xperm
-    kperm = torch.arange(KK).expand(n, KK) if kperm.numel() == 0 else kperm
-    (sh, sw), (pt, _, pl, _), (dh, dw) = plan.stride, plan.padding, plan.dilation
-    Ho, Wo = plan.out_size(H, W, k, k)
-    widx = ((slot.view(n, m, 1, 1) * C + torch.arange(C).view(1, 1, C, 1)) * KK + kperm.reshape(n, 1, 1, KK))
-    widx = widx.reshape(n, K)
-    Wg = w.reshape(Co, K)[:, widx.reshape(-1)].view(Co, n, K).transpose(0, 1)
-    out = getattr(cpu_backend, op + "_forward")(x, w, None, plan)
-    gy = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    gx_cpu, gw_cpu, _ = getattr(cpu_backend, op + "_backward")(gy, x, w, plan, (True, True, False))
-    xinv = torch.argsort(xperm, dim=1)
-    gx = torch.zeros(B, m, C, H * W, dtype=torch.float64)
-    for b, h, c, p in itertools.product(range(B), range(m), range(C), range(H * W)):
-        acc = 0.0
-        for e in range(n):
-            r, col = divmod(int(xinv[e, p]), W)
-            for u, v in itertools.product(range(k), range(k)):
-                tr, tc = r + pt - u * dh, col + pl - v * dw
-                if tr < 0 or tc < 0 or tr % sh or tc % sw or tr // sh >= Ho or tc // sw >= Wo:
-                    continue
-                acc += float((gy[b, e, :, tr // sh, tc // sw] * Wg[e, :, ((h * C + c) * k + u) * k + v]).sum())
-        gx[b, h, c, p] = acc
-    gWg = torch.zeros(n, Co, K, dtype=torch.float64)
-    for kk, e, b, i, j in itertools.product(range(K), range(n), range(B), range(Ho), range(Wo)):
-        v, u, hc = kk % k, (kk // k) % k, kk // KK
-        r, q = i * sh - pt + u * dh, j * sw - pl + v * dw
-        if 0 <= r < H and 0 <= q < W:
-            gWg[e, :, kk] += gy[b, e, :, i, j] * x5[b, hc // C, hc % C].reshape(-1)[int(xperm[e, r * W + q])]
-    gw = gWg.gather(2, torch.argsort(widx, dim=1)[:, None, :].expand(n, Co, K)).sum(0).reshape(w.shape)
-    torch.testing.assert_close(gx.reshape(x.shape), gx_cpu)
-    torch.testing.assert_close(gw, gw_cpu)
-
-
-@pytest.mark.parametrize("op,group,frame,stride,padding,dilation,H,W", [
-    ("lift_conv", "D4", "view", (2, 1), (1, 0, 2, 1), (1, 2), 5, 5),
-    ("lift_conv", "C4", "canonical", 1, 1, 1, 4, 4),
-    ("group_conv", "C4", "view", (1, 2), 1, 1, 4, 4),
-    ("group_conv", "D2", "canonical", 2, (0, 1, 1, 1), 1, 4, 5),
-])
-def test_cuda_backward_index_maths_emulated(op, group, frame, stride, padding, dilation, H, W):
-    _emulate_cuda_backward(op, group, frame, stride, padding, dilation, H, W)
 
 
 _ISA_SCRIPT = r"""

@@ -1,7 +1,8 @@
 """The "cuda" backend: equifast's fused CUDA kernels (csrc/cuda/) on CUDA tensors.
 
 Forward: one launch writes all |G| copies; each block stages an input plane in shared memory once
-and reads it through the pixel table for every copy (rotated indexing from shared memory).
+and reads it through each copy's pixel map (affine coefficients passed by value, or an int32
+table; rotated indexing from shared memory).
 Grad input is a gather (each thread owns one input element) and grad weight a fixed-order block
 reduction, so the backward uses no atomics and is deterministic (also under
 ``torch.use_deterministic_algorithms(True)``). float32, float16, bfloat16 (float accumulation) and
@@ -15,7 +16,8 @@ from ._compiled import (cuda_compiled, group_conv_backward, group_conv_forward, 
                         load, preferred, supports_device)
 
 NAME = "cuda"
-INDEX_BITS = 64   # csrc/cuda: int64_t offsets; grid limits checked by TORCH_CHECK before each launch
+INDEX_BITS = 64   # csrc/cuda: int32 indices where every tensor is below 2^31 - 4096, an int64
+                  # instantiation otherwise; grid limits checked by TORCH_CHECK before each launch
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 __all__ = ["NAME", "INDEX_BITS", "availability", "supports", "preferred", "lift_conv_forward", "group_conv_forward",
