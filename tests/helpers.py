@@ -212,3 +212,18 @@ def check_low_precision(backend, op, inp, weight, bias, **kw):
             continue
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
         assert_close_lowp(a, r, t, atol=LOWP_ATOL * scale(r), name=name)
+
+
+def skip_unless_cuda_kernels() -> None:
+    """Skip (with the reason) unless a CUDA device and equifast._C with its CUDA kernels are here."""
+    import warnings
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from equifast.backends import _compiled as ext
+        ok, reason = ext.load()
+    if not ok:
+        pytest.skip(f"equifast._C is not available: {reason}")
+    if not ext.cuda_compiled():
+        pytest.skip("equifast._C was built without its CUDA kernels (rebuild with EQUIFAST_BUILD_CUDA=1)")

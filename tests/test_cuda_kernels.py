@@ -6,29 +6,19 @@ permutation. Forward and backward; float64 agreement with the reference backend 
 
 Marked ``gpu`` (skipped without a CUDA device); each test skips, with the reason, when equifast._C
 lacks its CUDA kernels. Run with ``make gpu-test``."""
-import warnings
 
 import pytest
 import torch
 
 import equifast
-from helpers import make_problem
+from helpers import make_problem, skip_unless_cuda_kernels
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_cuda_kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from equifast.backends import _compiled as ext
-        ok, reason = ext.load()
-    if not ok:
-        pytest.skip(f"equifast._C is not available: {reason}")
-    if not ext.cuda_compiled():
-        pytest.skip("equifast._C was built without its CUDA kernels (rebuild with EQUIFAST_BUILD_CUDA=1)")
+    skip_unless_cuda_kernels()
 
 
 STRIDE, PADDING, DILATION = [1, 1], [1, 1, 1, 1], [1, 1]

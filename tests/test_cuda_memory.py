@@ -9,10 +9,11 @@ backward). The kernels now read the affine pixel map by value, so:
 Measured (torch.cuda.max_memory_allocated), not timed. Marked ``gpu`` (skipped without a CUDA
 device); skips, with the reason, when equifast._C lacks its CUDA kernels or the GPU has less than
 4 GiB free. Run with ``make gpu-test``."""
-import warnings
 
 import pytest
 import torch
+
+from helpers import skip_unless_cuda_kernels
 
 import equifast
 
@@ -23,16 +24,7 @@ H = W = 4096
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_cuda_kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from equifast.backends import _compiled as ext
-        ok, reason = ext.load()
-    if not ok:
-        pytest.skip(f"equifast._C is not available: {reason}")
-    if not ext.cuda_compiled():
-        pytest.skip("equifast._C was built without its CUDA kernels (rebuild with EQUIFAST_BUILD_CUDA=1)")
+    skip_unless_cuda_kernels()
     free, _ = torch.cuda.mem_get_info()
     if free < 4 * 2**30:
         pytest.skip(f"needs 4 GiB of free GPU memory, {free / 2**30:.1f} GiB free")

@@ -8,29 +8,19 @@ Every test is marked ``gpu`` (skipped without a CUDA device) and skips, with the
 equifast._C is missing or was built without its CUDA kernels. Run on a GPU machine with
 ``make gpu-test`` (tools/gpu_test.sh) and under compute-sanitizer with ``make sanitize``.
 """
-import warnings
 
 import pytest
 import torch
 
 import equifast
-from helpers import forward_backward, make_problem
+from helpers import forward_backward, make_problem, skip_unless_cuda_kernels
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_cuda_kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from equifast.backends import _compiled as ext
-        ok, reason = ext.load()
-    if not ok:
-        pytest.skip(f"equifast._C is not available: {reason}")
-    if not ext.cuda_compiled():
-        pytest.skip("equifast._C was built without its CUDA kernels (rebuild with EQUIFAST_BUILD_CUDA=1)")
+    skip_unless_cuda_kernels()
 
 
 def _problem(op, group, H, W, k, kw, B=2, C_in=3, C_out=5, dtype=torch.float64, seed=0, device="cuda"):
