@@ -1,7 +1,6 @@
 """Pooling over the group axis (``GroupPool``) and applying plain modules copy by copy (``PerCopy``)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ._plain import copies_as_channels
