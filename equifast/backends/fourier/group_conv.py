@@ -102,19 +102,20 @@ def RUN_ROWS(n: int) -> int:   # noqa: N802
 
 
 MODE = "auto"          # "units" or "grouped" force one way (tests, benchmarks)
-GROUPED_FROM_UNITS = 16
+GROUPED_FROM_UNITS = (16, 8)   # more 1-d units than this take grouped convs (one thread, two threads or more)
 
 
 def grouped(units: "Units") -> bool:
     """Whether the 1-d units run as grouped convolutions over runs of at most n/2 rows (batch-major
     mixes, no gathering copies, a third of the calls) rather than one convolution per unit. Measured
-    on this CPU (A/B of both in one process): one conv per unit is 3-14% faster for C4 and D4 at one
-    thread, equal for C8, 9-16% slower for C16 (23 units: the gathering copies and many small calls);
-    from two threads on, the fewer, larger grouped calls were faster for C8 and C16 (fewer parallel
-    regions to synchronise) and within noise for C4 and D4."""
+    on this CPU (A/B of both in one process, interleaved): one conv per unit is 3-14% faster for C4 (5
+    units) and D4 (4) at one thread, equal for C8 (11), 9-16% slower for C16 (23: the gathering copies
+    and many small calls); at two threads the fewer, larger grouped calls were faster for C8 and C16
+    (fewer parallel regions to synchronise), one conv per unit as fast or faster for C4 and D4."""
     if MODE != "auto":
         return MODE == "grouped"
-    return torch.get_num_threads() >= 2 or sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
+    limit = GROUPED_FROM_UNITS[0 if torch.get_num_threads() < 2 else 1]
+    return sum(len(c.units) for c in units.chunks) > limit
 
 
 def _split(flat, rows):
