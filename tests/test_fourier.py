@@ -158,7 +158,7 @@ def test_both_conv_modes_match_reference(monkeypatch, mode, name):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert [fgc.grouped(units[g]) for g in ("C4", "D4", "C8", "C16")] == [False, False, True, True]
+        assert not any(fgc.grouped(units[g]) for g in ("C4", "D4", "C8", "C16"))
     finally:
         torch.set_num_threads(old)
 

@@ -102,20 +102,19 @@ def RUN_ROWS(n: int) -> int:   # noqa: N802
 
 
 MODE = "auto"          # "units" or "grouped" force one way (tests, benchmarks)
-GROUPED_FROM_UNITS = (16, 8)   # more 1-d units than this take grouped convs (one thread, two threads or more)
+GROUPED_FROM_UNITS = 16   # at one thread, more 1-d units than this take grouped convs
 
 
 def grouped(units: "Units") -> bool:
     """Whether the 1-d units run as grouped convolutions over runs of at most n/2 rows (batch-major
     mixes, no gathering copies, a third of the calls) rather than one convolution per unit. Measured
-    on this CPU (A/B of both in one process, interleaved): one conv per unit is 3-14% faster for C4 (5
-    units) and D4 (4) at one thread, equal for C8 (11), 9-16% slower for C16 (23: the gathering copies
-    and many small calls); at two threads the fewer, larger grouped calls were faster for C8 and C16
-    (fewer parallel regions to synchronise), one conv per unit as fast or faster for C4 and D4."""
+    on this CPU (A/B of both in one process, interleaved, 32->32 channels, B=8, quiet machine): at one
+    thread equal within 4% for C4 (5 units), D4 (4) and C8 (11), grouped 8-14% faster for C16 (23: the
+    gathering copies of many rows); at two threads equal within 4% for C4, D4 and C8, one conv per
+    unit 11-13% faster for C16."""
     if MODE != "auto":
         return MODE == "grouped"
-    limit = GROUPED_FROM_UNITS[0 if torch.get_num_threads() < 2 else 1]
-    return sum(len(c.units) for c in units.chunks) > limit
+    return torch.get_num_threads() < 2 and sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
 
 
 def _split(flat, rows):
