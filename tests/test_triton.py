@@ -88,13 +88,21 @@ def test_split_k_weight_gradient(kind, group, frame, monkeypatch):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,group,frame,stride", [("lift", "C4", "view", 1), ("lift", "D4", "canonical", 2),
                                                      ("group", "C4", "view", 1), ("group", "D2", "canonical", 2)])
-def test_deep_contiguous_input(kind, group, frame, stride):
-    """C_in >= 32, contiguous: the forward copies the input channels_last, the input gradient runs the
-    forward GEMM on grad_out (copied too; stride 2: four phase launches), the weight gradient the
-    tap walk; outputs keep the input's layout."""
-    x, w, b = _make(kind, group, B=1, H=5, W=5, C_in=32, C_out=16)
-    out, _ = _check_fp32(kind, x, w, b, group=group, frame=frame, padding=1, stride=stride)
+def test_deep_contiguous_input(kind, group, frame, stride, monkeypatch):
+    """C_in >= 32, contiguous, float16: view lifts copy the input channels_last for the forward, lifts
+    copy grad_out for the input gradient (the forward GEMM on grad_out; stride 2: four phase launches),
+    the weight gradient runs the tap walk; outputs keep the input's layout."""
+    F = importlib.import_module("equifast.backends.triton._forward")
+    copies = []
+    copy = F.channels_last_copy
+    monkeypatch.setattr(F, "channels_last_copy", lambda t: copies.append(t.shape) or copy(t))
+    x, w, b = _make(kind, group, B=1, H=5, W=5, C_in=32, C_out=32 if kind == "lift" else 16, dtype=torch.float16)
+    _check_half(kind, x, w, b, group=group, frame=frame, padding=1, stride=stride)
+    out = equifast.lift_conv(x, w, b, group=group, frame=frame, padding=1, stride=stride, backend="triton") \
+        if kind == "lift" else equifast.group_conv(x, w, b, group=group, frame=frame, padding=1, stride=stride,
+                                                   backend="triton")
     assert out.is_contiguous()
+    assert bool(copies) == (kind == "lift")
 
 
 # ---------------------------------------------------------------------------

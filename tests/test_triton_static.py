@@ -120,13 +120,15 @@ def test_weight_grads_are_the_adjoints_of_the_filter_pre_passes(group, frame):
     torch.testing.assert_close((F.group_weight(w, plan) * G).sum(), (w * F.group_weight_grad(G, w, plan)).sum())
 
 
-def test_channels_inner_copies_only_deep_inputs_whose_channels_are_not_innermost():
-    shallow = torch.randn(2, F.CHANNELS_INNER_MIN - 1, 4, 4)
-    assert F.channels_inner(shallow) is shallow
-    deep = torch.randn(2, 3, F.CHANNELS_INNER_MIN, 4, 4)                 # a stack [B, n, C, H, W]
-    out = F.channels_inner(deep)
+def test_channels_inner_copies_only_where_the_model_says_it_pays():
+    deep = torch.randn(2, 3, F.CHANNELS_INNER_MIN, 4, 4, dtype=torch.float16)   # a stack [B, n, C, H, W]
+    out = F.channels_inner(deep, F.CHANNELS_INNER_MAX_N)
     assert out.stride(-3) == 1 and torch.equal(out, deep)
-    assert F.channels_inner(out) is out
+    assert F.channels_inner(out, 1) is out                                       # already innermost
+    assert F.channels_inner(deep, F.CHANNELS_INNER_MAX_N + 1) is deep           # wide GEMM
+    assert F.channels_inner(deep.float(), 1).stride(-3) != 1                    # float32
+    shallow = deep[:, :, 1:]
+    assert F.channels_inner(shallow, 1) is shallow
 
 
 @pytest.mark.parametrize("space", [C.gemm_configs, C.forward_configs])

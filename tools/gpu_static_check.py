@@ -485,18 +485,14 @@ def summarise(info, rows, failures):
     out += ["", "## Forward: model vs peers measured on an H100", "",
             "Peers (forward, ms, H100, measured by the issue's author): naive loop over group elements, "
             "filter rotation + cuDNN. Ratio = peer time / modelled time (> 1: the model says faster). "
-            "Best modelled config and layout per case, dtype and frame (the benchmarks use the view "
+            "Best modelled config per case, dtype, frame and layout (the benchmarks use the view "
             "frame); a forward of several launches (a channels_last copy of a contiguous deep input, "
             "modelled as read + write at the model's bandwidth + launch latency) is their sum, the "
             "ms breakdown is the main kernel's. Filter pre-passes and the views of interpolated groups "
             "are not in the model.", "",
             "| case | dtype | kernel | frame/layout | model ms (issue / memory / MMA) | vs naive | vs rotation+cuDNN |",
             "|---|---|---|---|---|---|---|"]
-    fwd = collections.defaultdict(list)
-    for (case, dtype, frame, layout), parts in _launch_totals(best, "forward").items():
-        fwd[(case, dtype, frame)].append((layout, parts))
-    for (case, dtype, frame), options in sorted(fwd.items()):
-        layout, parts = min(options, key=lambda o: sum(r["total_s"] for r in o[1]))
+    for (case, dtype, frame, layout), parts in sorted(_launch_totals(best, "forward").items()):
         total = sum(r["total_s"] for r in parts)
         main = max(parts, key=lambda r: r["total_s"])
         peer = PEERS_H100_MS.get(case)
@@ -540,7 +536,8 @@ def _best_per_launch(rows):
     merged = {}                  # one entry per launch kind: forward / input / weight (phases and copies summed)
     for key, r in sorted(best.items()):
         name = r["kernel"].split("[")[0]
-        kind = "forward" if r["pass_"] == "forward" else ("copy" if name.endswith("copy") else name.rsplit("_", 1)[-1])
+        # forward / input / weight; the backward's only layout copy is grad_out's, for the input gradient
+        kind = "forward" if r["pass_"] == "forward" else ("input" if name.endswith("copy") else name.rsplit("_", 1)[-1])
         mkey = key[:5] + (kind,)
         if mkey not in merged:
             merged[mkey] = dict(r, launches=1)

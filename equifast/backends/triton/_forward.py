@@ -303,7 +303,8 @@ def rows_invert(maps, H: int, W: int) -> bool:
     return True
 
 
-CHANNELS_INNER_MIN = 32   # C_in from which the channels-innermost tap walk pays for one layout copy
+CHANNELS_INNER_MIN = 32   # channels from which a channels-innermost copy of a 16-bit input can pay ...
+CHANNELS_INNER_MAX_N = 64  # ... for a GEMM with at most this many columns per copy (see channels_inner)
 
 
 def channels_last_copy(x: torch.Tensor) -> torch.Tensor:
@@ -313,11 +314,15 @@ def channels_last_copy(x: torch.Tensor) -> torch.Tensor:
         *range(d - 3), d - 1, d - 3, d - 2)
 
 
-def channels_inner(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself, or (C >= CHANNELS_INNER_MIN, channels not innermost) a channels-innermost copy:
-    the tap walk then reads contiguous channel runs with 16-byte loads, which outweighs the copy
-    (tools/gpu_static_check.py models both)."""
-    if x.shape[-3] >= CHANNELS_INNER_MIN and x.stride(-3) != 1 and x.shape[-1] * x.shape[-2] > 1:
+def channels_inner(x: torch.Tensor, columns: int) -> torch.Tensor:
+    """``x`` itself, or a channels-innermost copy of it when that pays by tools/gpu_static_check.py's
+    model: 16-bit dtype, C >= CHANNELS_INNER_MIN, channels not innermost, and a GEMM with at most
+    CHANNELS_INNER_MAX_N ``columns`` per copy (the tap walk then reads 16-byte channel runs instead
+    of 2-byte pixels, and with few columns those loads dominate: deep view-frame lifts, input
+    gradients of lifts). Wider GEMMs (canonical lifts with n·C_out columns, group convs) and
+    float32 were no faster with the copy in the model."""
+    if (x.element_size() <= 2 and x.shape[-3] >= CHANNELS_INNER_MIN and columns <= CHANNELS_INNER_MAX_N
+            and x.stride(-3) != 1 and x.shape[-1] * x.shape[-2] > 1):
         return channels_last_copy(x)
     return x
 

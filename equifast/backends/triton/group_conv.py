@@ -40,7 +40,6 @@ def group_conv_forward(s, weight, bias, plan):
     if B * Ho * Wo == 0 or C_out == 0:
         return y.zero_()
     w_k = F.group_weight(weight, plan)
-    s = F.channels_inner(s)                      # channels innermost (one copy) when C_in >= 32 and not already
     return F.conv_forward(s, w_k, bias, y, [(s.stride(3), s.stride(4), 0)], 1, plan.stride, plan.dilation,
                           (plan.padding[0], plan.padding[2]), C_out, kh, kw)
 
@@ -56,7 +55,7 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
         if C_out == 0 or B * Ho * Wo == 0:
             gs.zero_()
         elif B * H * W:
-            dy = F.channels_inner(grad_out)
+            dy = F.channels_inner(grad_out, n * C_in)
             F.conv_transpose(dy, F.group_weight_transposed(weight, plan), gs, [(dy.stride(3), dy.stride(4), 0)], 1,
                              plan.stride, plan.dilation, (pt, pl), C_in)
     if output_mask[1]:

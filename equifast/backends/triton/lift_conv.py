@@ -44,7 +44,7 @@ def lift_conv_forward(x, weight, bias, plan):
     """One GEMM launch (``_forward``): view frame = the n affine views of x (exact rotations /
     flips) on grid axis 1, or views precomputed by a gather pre-pass (interpolated groups, other
     permutations); canonical frame = the acted filters as N = n·C_out columns, x read once.
-    Deep inputs (C_in >= 32) whose channels are not innermost are first copied channels_last."""
+    Deep 16-bit inputs of view lifts are first copied channels_last (``_forward.channels_inner``)."""
     B, C_in, H, W = x.shape
     C_out, _, kh, kw = weight.shape
     n = plan.order
@@ -53,10 +53,11 @@ def lift_conv_forward(x, weight, bias, plan):
     if B * Ho * Wo == 0 or C_out == 0:
         return y.zero_()
     group = plan.group
-    x = F.channels_inner(x)                      # deep lifts: channels innermost (one copy) if not already
+    folded = plan.frame == "canonical" and n > 1
+    x = F.channels_inner(x, n * C_out if folded else C_out)     # deep view lifts: one channels_last copy
     if plan.frame == "canonical":
         x5, copies, aff = x.unsqueeze(1), 1, [(x.stride(2), x.stride(3), 0)]
-        w_k = F.lift_weight(weight, plan, folded=n > 1)
+        w_k = F.lift_weight(weight, plan, folded=folded)
     else:
         maps = F.affine_maps(group, H, W, group.inverse)                  # copy g reads act(x, g⁻¹)
         if maps is not None:
@@ -87,7 +88,7 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
         if C_out == 0 or B * Ho * Wo == 0:
             gx.zero_()
         elif B * H * W:
-            dy = F.channels_inner(grad_out)
+            dy = F.channels_inner(grad_out, C_in)
             if canonical or (maps is not None and (sh, sw) == (1, 1) and F.rows_invert(maps, H, W)):
                 rows = None if canonical else F.inverse_rows(maps, (kh - 1) * dh - pt, (kw - 1) * dw - pl)
                 F.conv_transpose(dy, F.lift_weight_transposed(weight, plan, n), gx.unsqueeze(1),
