@@ -303,7 +303,8 @@ def _forward(s, prepared, bias, plan):
     v = s.to(mix_dtype).contiguous().view(B, n, C_in * H * W)
     bias = None if bias is None else bias.to(mix_dtype)
     out, k = None, 0
-    if grouped(units):
+    fwd_grouped = grouped(units)
+    if fwd_grouped:
         for run in units.runs:
             R = len(run.units)
             U = torch.matmul(run.t_in, v).view(B, R * C_in, H, W).to(conv_dtype)
@@ -317,7 +318,7 @@ def _forward(s, prepared, bias, plan):
             Y = Y.to(mix_dtype).view(B, R, -1)
             out = torch.bmm(Tb, Y) if out is None else out.baddbmm_(Tb, Y)
             del Y
-    for chunk in () if grouped(units) else units.chunks:
+    for chunk in () if fwd_grouped else units.chunks:
         U = mix_rows(chunk.t_in, v, (B, C_in, H, W)).to(conv_dtype)
         Ys = []
         for r, u in enumerate(chunk.units):
