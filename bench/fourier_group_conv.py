@@ -51,6 +51,25 @@ def load():
     return os.getloadavg()
 
 
+def running_tasks():
+    """Tasks running or runnable right now, this process included (/proc/loadavg)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def wait_quiet(seconds):
+    """Wait up to ``seconds`` for 3 consecutive seconds with no other runnable task (other jobs on a
+    shared machine: at two threads every parallel region may wait for a preempted thread). Returns
+    whether it was quiet."""
+    quiet, end = 0, time.time() + seconds
+    while time.time() < end:
+        quiet = quiet + 1 if running_tasks() <= 1 else 0
+        if quiet >= 3:
+            return True
+        time.sleep(1)
+    return False
+
+
 def op_callable(backend, group, C_in, C_out, B, HW, k=3, dtype=torch.float32):
     n = equifast.groups.get(group).order
     gen = torch.Generator().manual_seed(0)
@@ -66,14 +85,16 @@ def op_callable(backend, group, C_in, C_out, B, HW, k=3, dtype=torch.float32):
 
 def ops(args):
     rows = []
-    for threads in (1, 2):
+    for threads in args.threads:
         torch.set_num_threads(threads)
         for group, C, B in OP_CASES:
+            quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
             st = compare({be: op_callable(be, group, C, C, B, 32) for be in ("torch", "fourier")}, "cpu",
                          repeat=args.repeat, budget_s=args.budget)
             row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads,
                    "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3,
-                   "samples": st["torch"]["samples"], "load": load()}
+                   "samples": st["torch"]["samples"], "load": load(), "quiet_before": quiet,
+                   "running_after": running_tasks()}
             row["speedup"] = row["torch_ms"] / row["fourier_ms"]
             rows.append(row)
             print(f"ops t={threads} {group} {C}->{C} B={B}: torch {row['torch_ms']:.1f} ms, fourier "
@@ -198,10 +219,13 @@ def summary(results, meta):
              "- GPU: none (CPU-only machine; the CUDA ratios asked for are not measured)", ""]
     if "ops" in results:
         lines += ["## group_conv forward+backward, float32, 32x32, 3x3 (medians, interleaved)", "",
-                  "| group | C_in->C_out | B | threads | torch ms | fourier ms | speedup | load (1 min) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| group | C_in->C_out | B | threads | torch ms | fourier ms | speedup | load (1 min) | "
+                  "quiet before | runnable after |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['group']} | {r['C']}->{r['C']} | {r['B']} | {r['threads']} | {r['torch_ms']:.1f} | "
-                  f"{r['fourier_ms']:.1f} | {r['speedup']:.2f}x | {r['load'][0]:.1f} |" for r in results["ops"]]
+                  f"{r['fourier_ms']:.1f} | {r['speedup']:.2f}x | {r['load'][0]:.1f} | "
+                  f"{ {True: 'yes', False: 'no', None: '-'}[r.get('quiet_before')] } | {r.get('running_after', '-')} |"
+                  for r in results["ops"]]
         lines.append("")
     if "memory" in results:
         lines += ["## extra peak RSS of one forward+backward after a first one (1 thread, own process, "
@@ -234,6 +258,10 @@ def main():
     p.add_argument("--sections", default="ops,memory,networks,sweep")
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--budget", type=float, default=10.0, help="seconds per comparison (at least 3 rounds)")
+    p.add_argument("--threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
+                   help="thread counts of the ops section (default 1,2)")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="ops: before each row wait up to this many seconds for no other runnable task")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     meta = machine()
