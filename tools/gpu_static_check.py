@@ -10,8 +10,9 @@ registers, stack/spill instructions, shared memory, MMA kind (HGMMA/HMMA/FFMA), 
 store widths, the innermost MMA loop (instructions, integer share, integer-division sequences) and
 the modelled warp-instructions per output.
 
-Fails (exit 1) on a compile error, a spill (local-memory store) in a forward kernel of an exact
-group, or a config that needs more shared memory than sm_90 gives a block (227 KB).
+Fails (exit 1) on a compile error, a config that needs more shared memory than sm_90 gives a block
+(227 KB), or, in any kernel of an exact group (forward or backward), a spill (local-memory store)
+or an integer-division sequence in the inner loop.
 
 The "model" columns are static estimates, not measurements (see ``MODEL`` below for its
 assumptions). Works with Triton 3.6 (the GPU machine's) and 3.8.
@@ -410,8 +411,11 @@ def run(args):
             if res["shared"] > SHARED_LIMIT:
                 failures.append(f"cannot launch ({res['shared']} B shared > {SHARED_LIMIT}): {row['kernel']} "
                                 f"{row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
-            if res["local_stores"] and exact and v["pass_"] == "forward":
-                failures.append(f"spill in a forward kernel ({res['local_stores']} STL, stack {res['stack']} B): "
+            if res["local_stores"] and exact:
+                failures.append(f"spill ({res['local_stores']} STL, stack {res['stack']} B): "
+                                f"{row['kernel']} {row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
+            if res["loop_div"] and exact:
+                failures.append(f"division sequence in the inner loop ({res['loop_div']} IMAD.HI): "
                                 f"{row['kernel']} {row['case']} {row['dtype']} {row['frame']} {row['layout']} {row['tile']}")
         rows.append(row)
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -314,13 +314,14 @@ def channels_last_copy(x: torch.Tensor) -> torch.Tensor:
         *range(d - 3), d - 1, d - 3, d - 2)
 
 
-def channels_inner(x: torch.Tensor, columns: int) -> torch.Tensor:
+def channels_inner(x: torch.Tensor, columns: int = 0) -> torch.Tensor:
     """``x`` itself, or a channels-innermost copy of it when that pays by tools/gpu_static_check.py's
     model: 16-bit dtype, C >= CHANNELS_INNER_MIN, channels not innermost, and a GEMM with at most
     CHANNELS_INNER_MAX_N ``columns`` per copy (the tap walk then reads 16-byte channel runs instead
     of 2-byte pixels, and with few columns those loads dominate: deep view-frame lifts, input
-    gradients of lifts). Wider GEMMs (canonical lifts with n·C_out columns, group convs) and
-    float32 were no faster with the copy in the model."""
+    gradients of lifts; ``columns`` 0: the weight gradient, whose tap walk gains the same way).
+    Wider GEMMs (canonical lifts with n·C_out columns, group convs) and float32 were no faster with
+    the copy in the model."""
     if (x.element_size() <= 2 and x.shape[-3] >= CHANNELS_INNER_MIN and columns <= CHANNELS_INNER_MAX_N
             and x.stride(-3) != 1 and x.shape[-1] * x.shape[-2] > 1):
         return channels_last_copy(x)

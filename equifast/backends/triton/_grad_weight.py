@@ -79,8 +79,12 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
         sph = tl.load(aff_ptr + 3 * g)                      # the affine view of copy g
         spw = tl.load(aff_ptr + 3 * g + 1)
         off = tl.load(aff_ptr + 3 * g + 2)
+        if ALIGN > 1:                                       # the host checked every stride and offset
+            sph = tl.multiple_of(sph, ALIGN)
+            spw = tl.multiple_of(spw, ALIGN)
+            off = tl.multiple_of(off, ALIGN)
         cofs = off + xcol + da * sph + dc * spw             # per column (TAP_MODE: ci block + scalar)
-        if TAP_MODE and ALIGN > 1:                          # the host checked every stride and offset
+        if ALIGN > 1:
             cofs = tl.max_contiguous(tl.multiple_of(cofs, ALIGN), BLOCK_N)
         psh = sh * sph
         psw = sw * spw

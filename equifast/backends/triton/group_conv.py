@@ -62,7 +62,9 @@ def group_conv_backward(grad_out, s, weight, plan, output_mask):
         if C_out == 0 or B * Ho * Wo == 0:
             gw = weight.new_zeros(weight.shape)
         else:
-            gw_k = conv_grad_weight(s, grad_out, [(s.stride(3), s.stride(4), 0)], 1, n * C_out, C_out, kh, kw,
+            sc = F.channels_inner(s)                        # deep stacks: s and grad_out channels innermost
+            dy = F.channels_inner(grad_out) if sc is not s else grad_out
+            gw_k = conv_grad_weight(sc, dy, [(sc.stride(3), sc.stride(4), 0)], 1, n * C_out, C_out, kh, kw,
                                     plan.stride, plan.dilation, (pt, pl))
             gw = F.group_weight_grad(gw_k, weight, plan)
     return gs, gw, None

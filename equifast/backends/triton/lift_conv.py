@@ -83,6 +83,7 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
     canonical = plan.frame == "canonical"
     maps = None if canonical else F.affine_maps(group, H, W, group.inverse)
     gx = gw = None
+    dy = grad_out
     if output_mask[0]:
         gx = _alloc_like_input(x, x.shape)
         if C_out == 0 or B * Ho * Wo == 0:
@@ -105,6 +106,11 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
             gw = torch.zeros_like(weight)
         else:
             folded = canonical and n > 1
+            # deep inputs: x and grad_out channels innermost (16-byte runs in the tap walk); an
+            # existing copy of grad_out (made for the input gradient) is reused in any case
+            xc = F.channels_inner(x)
+            if xc is not x:
+                x, dy = xc, F.channels_inner(dy)
             if canonical or maps is not None:
                 x5 = x.unsqueeze(1)
                 aff = [(x.stride(2), x.stride(3), 0)] if canonical else F.view_strides(maps, x.stride(2), x.stride(3))
@@ -113,7 +119,7 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
                 x5 = views[:, :1]
                 aff = [(views.stride(3), views.stride(4), g * views.stride(1)) for g in range(n)]
             copies = 1 if canonical else n
-            gw_k = conv_grad_weight(x5, grad_out, aff, copies, (n if folded else 1) * C_out, C_out, kh, kw,
+            gw_k = conv_grad_weight(x5, dy, aff, copies, (n if folded else 1) * C_out, C_out, kh, kw,
                                     plan.stride, plan.dilation, (pt, pl))
             gw = F.lift_weight_grad(gw_k, weight, plan, folded)
     return gx, gw, None
