@@ -307,11 +307,15 @@ def enumerate_jobs(cases, dtypes, frames, layouts, passes, config_limit):
                         launches = record_launches(case, dtype, frame, layout, pass_)
                         counts = collections.Counter(fn.__name__ for fn, *_ in launches if fn is not None)
                         seen = collections.Counter()
-                        for fn, args, kwargs, grid, space in launches:
+                        for li, (fn, args, kwargs, grid, space) in enumerate(launches):
                             base = dict(case=case.name, op=case.op, group=case.group, dtype=dtype, frame=frame,
                                         layout=layout, pass_=pass_)
-                            if fn is None:                              # a layout copy
-                                variants.append(dict(base, kernel="channels_last_copy", config=0, key=None,
+                            if fn is None:                              # a layout copy, for the next launch
+                                user = next(f for f, *_ in launches[li + 1:] if f is not None)
+                                name = _variant_kind(user, pass_).split("_as_")[-1].replace("conv_", "")
+                                k = seen["copy_" + name]
+                                seen["copy_" + name] += 1
+                                variants.append(dict(base, kernel=f"channels_last_copy_for_{name}[{k}]", config=0, key=None,
                                                      meta=dict(BLOCK_M=0, BLOCK_N=0, BLOCK_K=0, num_warps=0,
                                                                num_stages=0), copy=args["bytes"], values={}))
                                 continue
@@ -540,8 +544,7 @@ def _best_per_launch(rows):
     merged = {}                  # one entry per launch kind: forward / input / weight (phases and copies summed)
     for key, r in sorted(best.items()):
         name = r["kernel"].split("[")[0]
-        # forward / input / weight; the backward's only layout copy is grad_out's, for the input gradient
-        kind = "forward" if r["pass_"] == "forward" else ("input" if name.endswith("copy") else name.rsplit("_", 1)[-1])
+        kind = "forward" if r["pass_"] == "forward" else name.rsplit("_", 1)[-1]     # input / weight
         mkey = key[:5] + (kind,)
         if mkey not in merged:
             merged[mkey] = dict(r, launches=1)
