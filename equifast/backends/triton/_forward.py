@@ -22,6 +22,18 @@ division or modulo and no table. Two K walks (constexpr ``TAP_MODE``):
   the host proves ``ALIGN``);
 * small C_in (lifts of images): K = (tap, ci) flattened in BLOCK_K steps, the (a, c, ci) of each
   column advanced with carries (no division).
+
+The same kernel computes every input gradient (``conv_transpose``): a transposed convolution is a
+convolution of grad_out with the transposed filters, one launch per stride phase of the input
+(sub-pixel decomposition: only the taps that reach that phase, written to a strided view). For
+the view lift's input gradient each slot (copy g of grad_out) may bring its own affine map of the
+output pixels (constexpr ``ROW_MAP``: (i0, j0) = u + B·(i, j), six int32 per slot loaded once per
+slot, outside the K walk): input pixel P reads grad_out[g] around Aᵀ·(P - t).
+
+Host helpers here: the launcher ``conv_forward``, ``conv_transpose``, the affine views, the filter
+pre-passes (``lift_weight``, ``group_weight``), their transposes for the input gradients and their
+adjoints for the weight gradients (``lift_weight_grad``, ``group_weight_grad``), and the
+channels_last copy of deep inputs where it pays (``channels_inner``).
 """
 from __future__ import annotations
 
