@@ -106,6 +106,26 @@ def test_deep_contiguous_input(kind, group, frame, stride, copies, monkeypatch):
     _check_half(kind, x, w, b, group=group, frame=frame, padding=1, stride=stride)
 
 
+def _swap_pairs_group():
+    """An exact custom group whose pixel permutation is no affine map of (p, q)."""
+    def action(e, H, W):
+        perm = torch.arange(H * W)
+        if e == 1:
+            perm[[0, 5, 2, 11]] = perm[[5, 0, 11, 2]]
+        return perm
+    name = "swap_pairs_triton_test"
+    return groups.get(name) if name in groups.names() else groups.custom(name, [[0, 1], [1, 0]], action)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_view_lift_of_a_non_affine_exact_group(stride):
+    """Views that are no affine map go through the gather pre-pass (forward, weight gradient) and the
+    float32 buffer + adjoint gather (input gradient)."""
+    group = _swap_pairs_group()
+    x, w, b = _make("lift", "C1", B=2, H=4, W=4)
+    _check_fp32("lift", x, w, b, group=group, frame="view", padding=1, stride=stride)
+
+
 # ---------------------------------------------------------------------------
 # properties
 # ---------------------------------------------------------------------------
