@@ -207,7 +207,7 @@ def markdown(env, rows) -> str:
              f"torch threads: 1; load average before {env['loadavg_start']}, after {env['loadavg_end']}.", "",
              "Network: lift 1->16 k5, group convs 16->32->32->32 k3, BN + ReLU after each, 2x2 max pools after "
              "the second and fourth conv, GroupPool, global average pool, Linear(32, 10); 28x28 inputs. "
-             "All contenders compute the same function (max |difference| to the reference below); times are "
+             "All contenders but `equifast view eval` compute the same function (max |difference| to the reference below); times are "
              "medians of interleaved samples (`equifast.benchmark.timing.compare`).", ""]
     loads = [l[0] for l in (env["loadavg_start"], env["loadavg_end"]) if l]
     if loads and max(loads) > env["cpu_count"]:
