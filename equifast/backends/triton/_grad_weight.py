@@ -30,7 +30,7 @@ from . import _forward as F
 
 @triton.jit
 def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
-                             S, C_in, H, W, N, C_out, Ho, Wo, KH, KW, KT,
+                             S, C_in, H, W, N, C_out, Ho, Wo, HoWo, KH, KW, KT,
                              sxb, sxs, sxc, syb, syg, syc, syh, syw,
                              sh, sw, pt, pl, dh, dw, copies, chunks, per_split, bands, ROWS,
                              TAP_MODE: tl.constexpr, COL_FLAT: tl.constexpr, PIX_FLAT: tl.constexpr,
@@ -99,12 +99,14 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
             r = i_lo * Wo
             for _ in range(0, tl.cdiv((i_hi - i_lo) * Wo, BLOCK_K)):
                 k_ok = i < i_hi
-                if PIX_FLAT:                                # grad_out pixels adjacent: a contiguous run
+                if PIX_FLAT:                                # one image, pixels adjacent: a contiguous run
                     pix = tl.max_contiguous(tl.multiple_of(r + rk, BLOCK_K), BLOCK_K)
+                    dy_ok = pix < HoWo                      # constant over aligned runs: 16-byte loads
                     r += BLOCK_K
                 else:
                     pix = i * syh + j * syw
-                av = tl.load(dy_img + (dycol[:, None] + pix[None, :]), mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                    dy_ok = k_ok
+                av = tl.load(dy_img + (dycol[:, None] + pix[None, :]), mask=m_ok[:, None] & dy_ok[None, :], other=0.0)
                 prow = i * psh + j * psw
                 if TAP_MODE:
                     pa = i * sh + da
@@ -150,9 +152,8 @@ def conv_grad_weight(x5, dy, aff, copies, N, C_out, kh, kw, stride, dilation, to
     aff_t = C.int_table([flat], x5.device)
     tap_mode = C_in >= 16
     align = F._align(x5.element_size(), sxb, sxs, *flat) if (tap_mode and sxc == 1) else 1
-    # grad_out pixels as one contiguous run per (image, band), hinted aligned when each band starts
-    # at a multiple of every BLOCK_K (128)
-    pix_flat = syw == 1 and syh == Wo and (bands == 1 or (rows * Wo) % 128 == 0)
+    # grad_out pixels of a whole image as one contiguous run (aligned: each image starts at pixel 0)
+    pix_flat = syw == 1 and syh == Wo and bands == 1
     kernel, meta = C.launcher(_conv_grad_weight_kernel, ("N", "KT", "C_in", "Wo", "TAP_MODE", "ALIGN"))
     if tap_mode:
         cols = lambda META: S * kh * kw * triton.cdiv(C_in, META["BLOCK_N"])
@@ -160,7 +161,7 @@ def conv_grad_weight(x5, dy, aff, copies, N, C_out, kh, kw, stride, dilation, to
         cols = lambda META: triton.cdiv(KT, META["BLOCK_N"])
     grid = lambda META: (triton.cdiv(N, META["BLOCK_M"]) * cols(META), splits)
     kernel[grid](x5, dy, part, aff_t,
-                 S, C_in, H, W, N, C_out, Ho, Wo, kh, kw, KT,
+                 S, C_in, H, W, N, C_out, Ho, Wo, Ho * Wo, kh, kw, KT,
                  sxb, sxs, sxc, syb, syg, syc, syh, syw, sh, sw, pt, pl, dh, dw,
                  copies, chunks, per_split, bands, rows,
                  TAP_MODE=tap_mode, COL_FLAT=(N == C_out or syg == C_out * syc), PIX_FLAT=pix_flat, ALIGN=align,

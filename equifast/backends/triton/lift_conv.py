@@ -106,11 +106,14 @@ def lift_conv_backward(grad_out, x, weight, plan, output_mask):
             gw = torch.zeros_like(weight)
         else:
             folded = canonical and n > 1
-            # deep inputs: x and grad_out channels innermost (16-byte runs in the tap walk); an
-            # existing copy of grad_out (made for the input gradient) is reused in any case
+            # deep inputs: x and grad_out channels innermost (16-byte runs in the tap walk; grad_out's
+            # copy for the input gradient reused); otherwise grad_out as given (contiguous: its
+            # pixel runs are the 16-byte loads)
             xc = F.channels_inner(x)
             if xc is not x:
                 x, dy = xc, F.channels_inner(dy)
+            else:
+                dy = grad_out
             if canonical or maps is not None:
                 x5 = x.unsqueeze(1)
                 aff = [(x.stride(2), x.stride(3), 0)] if canonical else F.view_strides(maps, x.stride(2), x.stride(3))
