@@ -17,7 +17,10 @@ backward, with the same matrices transposed (no recomputed forward, no autograd)
     gY = t_outᵀ ·_g grad_out;  gŴ_k = conv_weight_grad(gY_k, U_k) for every unit, then U is freed;
     gU_k = conv_input_grad(gY_k, Ŵ_k);  grad_s += t_inᵀ ·_r gU;  at the end grad_w = t_wᵀ ·_k gŴ
 One convolution per unit rather than one grouped convolution over many: oneDNN's grouped
-convolutions were measured slower per FLOP on CPU, their backward up to 1.6x.
+convolutions were measured slower per FLOP on CPU (their backward 1.5-1.7x at 2-3 groups in a quiet
+microbenchmark). The exception (``grouped``): at one thread, groups with more than 16 one-dimensional
+units (C16) run them as grouped convolutions over runs of at most n/2 rows, mixed batch-major as
+[B, R, C, H, W] (no gathering copies of many rows).
 
 Layouts: the rows are mixed from a contiguous stack (a channels_last stack is made contiguous
 first); the op returns outputs and gradients in the input's layout.
@@ -283,7 +286,8 @@ def prepare_weight(weight: torch.Tensor, group, device, dtype) -> Prepared:
 
 def forward_prepared(s: torch.Tensor, prepared: Prepared, bias: Optional[torch.Tensor], plan) -> torch.Tensor:
     """group_conv's forward (view frame) of ``s`` [B, n, C_in, H, W] with the filters of
-    ``prepare_weight``; contiguous output."""
+    ``prepare_weight``. The output is a contiguous stack whatever the layout of ``s`` (the op turns
+    it into the input's layout; a caller that promises channels_last must do the same)."""
     n, C_in = prepared.group.order, prepared.weight_shape[2]
     if s.dtype != prepared.dtype or s.dim() != 5 or s.shape[1] != n or s.shape[2] != C_in:
         raise ValueError(f"forward_prepared: s must be a [B, {n}, {C_in}, H, W] stack of {prepared.dtype}, "
