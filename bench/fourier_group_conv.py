@@ -70,12 +70,17 @@ def wait_quiet(seconds):
     return False
 
 
-def op_callable(backend, group, C_in, C_out, B, HW, k=3, dtype=torch.float32):
+def op_callable(backend, group, C_in, C_out, B, HW, k=3, dtype=torch.float32, channels_last=False):
     n = equifast.groups.get(group).order
     gen = torch.Generator().manual_seed(0)
-    s = torch.randn(B, n, C_in, HW, HW, generator=gen, dtype=dtype).requires_grad_()
+    s = torch.randn(B, n, C_in, HW, HW, generator=gen, dtype=dtype)
+    if channels_last:     # memory (B, H, W, n, C)
+        s = s.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    s.requires_grad_()
     w = (torch.randn(C_out, n, C_in, k, k, generator=gen, dtype=dtype) / (n * C_in * k * k) ** 0.5).requires_grad_()
     go = torch.randn(B, n, C_out, HW, HW, generator=gen, dtype=dtype)
+    if channels_last:     # the output's layout, as autograd would hand it over
+        go = go.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
 
     def run():
         out = equifast.group_conv(s, w, None, group=group, padding=k // 2, backend=backend)
@@ -89,9 +94,9 @@ def ops(args):
         torch.set_num_threads(threads)
         for group, C, B in OP_CASES:
             quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
-            st = compare({be: op_callable(be, group, C, C, B, 32) for be in ("torch", "fourier")}, "cpu",
-                         repeat=args.repeat, budget_s=args.budget)
-            row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads,
+            st = compare({be: op_callable(be, group, C, C, B, 32, channels_last=args.layout == "channels_last")
+                          for be in ("torch", "fourier")}, "cpu", repeat=args.repeat, budget_s=args.budget)
+            row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads, "layout": args.layout,
                    "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3,
                    "samples": st["torch"]["samples"], "load": load(), "quiet_before": quiet,
                    "running_after": running_tasks()}
@@ -260,6 +265,8 @@ def main():
     p.add_argument("--budget", type=float, default=10.0, help="seconds per comparison (at least 3 rounds)")
     p.add_argument("--threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
                    help="thread counts of the ops section (default 1,2)")
+    p.add_argument("--layout", choices=("contiguous", "channels_last"), default="contiguous",
+                   help="ops: memory layout of the input stack and of grad_out")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="ops: before each row wait up to this many seconds for no other runnable task")
     args = p.parse_args()
