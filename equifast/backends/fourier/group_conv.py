@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..._layout import is_channels_last
 from . import basis as _basis
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -213,6 +214,93 @@ def weight_grad(units: Units, g_hats: List[torch.Tensor], shape) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
+# The two layouts of the rows: contiguous stacks give NCHW rows, channels_last stacks NHWC rows
+# ---------------------------------------------------------------------------------------------
+class _Rows:
+    """A stack [B, n, C, H, W] read as rows for the convolutions, in the layout of the stack:
+    contiguous -> rows [R, B, C, H, W] (one batched product), channels_last (memory B, H, W, n, C) ->
+    rows [R, B, H, W, C] (one copy of the stack to [n, B*H*W*C], then one product), so that every row
+    is a dense image in the stack's layout."""
+
+    def __init__(self, s: torch.Tensor, dtype, channels_last: bool):
+        B, n, C, H, W = s.shape
+        self.shape, self.cl = (B, C, H, W), channels_last
+        if channels_last:
+            self.v = s.to(dtype).permute(0, 3, 4, 1, 2).reshape(B * H * W, n, C).transpose(0, 1).reshape(n, -1)
+        else:
+            self.v = s.to(dtype).contiguous().view(B, n, C * H * W)
+
+    def rows(self, T: torch.Tensor) -> torch.Tensor:
+        """[R, ...]: row r an image [B, C, H, W] through ``image``."""
+        if self.cl:
+            B, C, H, W = self.shape
+            return torch.mm(T, self.v).view(T.shape[0], B, H, W, C)
+        return mix_rows(T, self.v, self.shape)
+
+    def image(self, rows: torch.Tensor, r: int) -> torch.Tensor:
+        return rows[r].permute(0, 3, 1, 2) if self.cl else rows[r]
+
+    def block(self, T: torch.Tensor) -> torch.Tensor:
+        """The d rows of T [d, n] as one image [B, d*C, H, W] (channels (a, c))."""
+        B, C, H, W = self.shape
+        d = T.shape[0]
+        if self.cl:
+            x = torch.mm(T, self.v).view(d, B * H * W, C).transpose(0, 1)
+            return x.reshape(B, H, W, d * C).permute(0, 3, 1, 2)
+        return torch.bmm(T.expand(B, -1, -1), self.v).view(B, d * C, H, W)
+
+    def empty_image(self, C: int, dtype) -> torch.Tensor:
+        """An uninitialised image [B, C, H, W] in the rows' layout (its shape for an input gradient)."""
+        B, _, H, W = self.shape
+        if self.cl:
+            return torch.empty(B, H, W, C, dtype=dtype, device=self.v.device).permute(0, 3, 1, 2)
+        return torch.empty(B, C, H, W, dtype=dtype, device=self.v.device)
+
+
+class _Stack:
+    """Accumulates Σ_r T[g, r] Y_r into a stack [B, n, C, H, W] in the rows' layout."""
+
+    def __init__(self, n: int, shape, dtype, channels_last: bool):
+        self.n, self.shape, self.dtype, self.cl, self.acc = n, shape, dtype, channels_last, None
+
+    def _add(self, T, Y):           # Y: [R, X] (cl) or rows [R, B, X] (contiguous)
+        if self.cl:
+            self.acc = torch.mm(T, Y) if self.acc is None else self.acc.addmm_(T, Y)
+        else:
+            self.acc = unmix_rows(T, Y, self.acc)
+
+    def add_rows(self, T: torch.Tensor, images: List[torch.Tensor]) -> None:
+        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W])."""
+        B, C, H, W = self.shape
+        R = len(images)
+        if self.cl:
+            Y = torch.empty(R, B, H, W, C, dtype=images[0].dtype, device=images[0].device)
+            for r, y in enumerate(images):
+                Y[r].copy_(y.permute(0, 2, 3, 1))
+            self._add(T, Y.view(R, -1).to(self.dtype))
+        else:
+            self._add(T, torch.stack(images).view(R, B, -1).to(self.dtype))
+
+    def add_block(self, T: torch.Tensor, image: torch.Tensor) -> None:
+        """Adds T [n, d] applied to the d row-blocks of image [B, d*C, H, W]."""
+        B, C, H, W = self.shape
+        d = T.shape[1]
+        if self.cl:
+            Y = image.permute(0, 2, 3, 1).reshape(B * H * W, d, C).transpose(0, 1).reshape(d, -1)
+            self._add(T, Y.to(self.dtype))
+        else:
+            Y = image.to(self.dtype).reshape(B, d, -1)
+            Tb = T.expand(B, -1, -1)
+            self.acc = torch.bmm(Tb, Y) if self.acc is None else self.acc.baddbmm_(Tb, Y)
+
+    def result(self) -> torch.Tensor:
+        B, C, H, W = self.shape
+        if self.cl:
+            return self.acc.view(self.n, B, H, W, C).permute(1, 2, 3, 0, 4).contiguous().permute(0, 3, 4, 1, 2)
+        return self.acc.view(B, self.n, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------
 # Convolution with explicit padding
 # ---------------------------------------------------------------------------------------------
 def _conv(x, weight, bias, plan, groups=1):
@@ -223,17 +311,19 @@ def _conv(x, weight, bias, plan, groups=1):
 
 
 def _conv_grad(grad_y, x, weight, plan, which, groups=1):
-    """The input gradient (which = "input"; x: the input's shape) or the weight gradient
-    (which = "weight"; x: the input) of ``_conv``."""
+    """The input gradient (which = "input"; x: an image of the input's shape and layout, its values
+    unread) or the weight gradient (which = "weight"; x: the input) of ``_conv``."""
     pt, pb, pl, pr = plan.padding
     symmetric = pt == pb and pl == pr
-    if which == "input":
-        shape = x
-        H, W = shape[-2:]
-        inp = torch.empty(shape[0], shape[1], H + (0 if symmetric else pt + pb),
-                          W + (0 if symmetric else pl + pr), dtype=grad_y.dtype, device=grad_y.device)
+    H, W = x.shape[-2:]
+    if symmetric:
+        inp = x
+    elif which == "input":
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        inp = torch.empty(x.shape[0], x.shape[1], H + pt + pb, W + pl + pr, dtype=grad_y.dtype,
+                          device=grad_y.device, memory_format=fmt)
     else:
-        inp = x if symmetric else F.pad(x, (pl, pr, pt, pb))
+        inp = F.pad(x, (pl, pr, pt, pb))
     mask = [which == "input", which == "weight", False]
     gx, gw, _ = torch.ops.aten.convolution_backward(
         grad_y, inp, weight, None, list(plan.stride), [pt, pl] if symmetric else [0, 0], list(plan.dilation),
@@ -304,45 +394,38 @@ def _forward(s, prepared, bias, plan):
     Ho, Wo = plan.out_size(H, W, kh, kw)
     if B == 0:
         return s.new_zeros(0, n, C_out, Ho, Wo)
-    v = s.to(mix_dtype).contiguous().view(B, n, C_in * H * W)
+    in_groups = grouped(units)
+    cl = is_channels_last(s) and not in_groups
+    rows = _Rows(s, mix_dtype, cl)
+    out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl)
     bias = None if bias is None else bias.to(mix_dtype)
-    out, k = None, 0
-    fwd_grouped = grouped(units)
-    if fwd_grouped:
-        for run in units.runs:
-            R = len(run.units)
-            U = torch.matmul(run.t_in, v).view(B, R * C_in, H, W).to(conv_dtype)
-            biases = [_bias(u, bias, conv_dtype) for u in run.units]
-            b = None if all(x is None for x in biases) else \
-                torch.cat([hats[0].new_zeros(C_out) if x is None else x for x in biases])
-            Y = _conv(U, torch.cat(hats[k:k + R]), b, plan, R)
-            del U
-            k += R
-            Tb = run.t_out.expand(B, -1, -1)
-            Y = Y.to(mix_dtype).view(B, R, -1)
-            out = torch.bmm(Tb, Y) if out is None else out.baddbmm_(Tb, Y)
-            del Y
-    for chunk in () if fwd_grouped else units.chunks:
-        U = mix_rows(chunk.t_in, v, (B, C_in, H, W)).to(conv_dtype)
+    k = 0
+    for run in units.runs if in_groups else ():
+        R = len(run.units)
+        U = torch.matmul(run.t_in, rows.v).view(B, R * C_in, H, W).to(conv_dtype)
+        biases = [_bias(u, bias, conv_dtype) for u in run.units]
+        b = None if all(x is None for x in biases) else \
+            torch.cat([hats[0].new_zeros(C_out) if x is None else x for x in biases])
+        Y = _conv(U, torch.cat(hats[k:k + R]), b, plan, R)
+        del U
+        k += R
+        out.add_block(run.t_out, Y)             # R 1-d rows, batch-major: the same product
+        del Y
+    for chunk in () if in_groups else units.chunks:
+        U = rows.rows(chunk.t_in).to(conv_dtype)
         Ys = []
         for r, u in enumerate(chunk.units):
-            Ys.append(_conv(U[r], hats[k], _bias(u, bias, conv_dtype), plan))
+            Ys.append(_conv(rows.image(U, r), hats[k], _bias(u, bias, conv_dtype), plan))
             k += 1
         del U                                   # peak memory: the rows go before the outputs are gathered
-        Y = torch.stack(Ys)
+        out.add_rows(chunk.t_out, Ys)
         del Ys
-        out = unmix_rows(chunk.t_out, Y.view(len(chunk.units), B, -1).to(mix_dtype), out)
-        del Y
     for u in units.blocks:
-        d = u.d
-        U = torch.bmm(u.t_in.expand(B, -1, -1), v).view(B, d * C_in, H, W).to(conv_dtype)
-        Y = _conv(U, hats[k], _bias(u, bias, conv_dtype), plan).to(mix_dtype).view(B, d, -1)
+        Y = _conv(rows.block(u.t_in).to(conv_dtype), hats[k], _bias(u, bias, conv_dtype), plan)
         k += 1
-        del U
-        Tb = u.t_out.expand(B, -1, -1)
-        out = torch.bmm(Tb, Y) if out is None else out.baddbmm_(Tb, Y)
+        out.add_block(u.t_out, Y)
         del Y
-    return out.view(B, n, C_out, Ho, Wo).to(s.dtype)
+    return out.result().to(s.dtype)
 
 
 def _backward(grad_out, s, weight, plan, output_mask):
@@ -357,58 +440,51 @@ def _backward(grad_out, s, weight, plan, output_mask):
     if B == 0:
         return (s.new_zeros(s.shape) if need_x else None), (weight.new_zeros(weight.shape) if need_w else None), None
     hats = transformed_weights(weight, units, conv_dtype)
-    v = s.to(mix_dtype).contiguous().view(B, n, C_in * H * W)
-    g = grad_out.to(mix_dtype).contiguous().view(B, n, C_out * Ho * Wo)
-    shape_in = (B, C_in, H, W)
-    grad_s, g_hats, k = None, [], 0
-    if grouped(units):
-        for run in units.runs:
-            R = len(run.units)
-            gY = torch.matmul(run.t_out.t(), g).view(B, R * C_out, Ho, Wo).to(conv_dtype)
-            W_cat = torch.cat(hats[k:k + R])
-            if need_w:
-                U = torch.matmul(run.t_in, v).view(B, R * C_in, H, W).to(conv_dtype)
-                g_hats += list(_conv_grad(gY, U, W_cat, plan, "weight", R).view(R, C_out, C_in, kh, kw).unbind(0))
-                del U
-            if need_x:
-                gU = _conv_grad(gY, (B, R * C_in, H, W), W_cat, plan, "input", R)
-                del gY
-                Tb = run.t_in.t().expand(B, -1, -1)
-                gU = gU.to(mix_dtype).reshape(B, R, -1)
-                grad_s = torch.bmm(Tb, gU) if grad_s is None else grad_s.baddbmm_(Tb, gU)
-                del gU
-            k += R
-    # Per chunk: the weight gradients first (then U is freed), then the input gradients.
-    for chunk in () if grouped(units) else units.chunks:
-        R = len(chunk.units)
-        gY = mix_rows(chunk.t_out.t(), g, (B, C_out, Ho, Wo)).to(conv_dtype)
+    in_groups = grouped(units)
+    cl = is_channels_last(s) and not in_groups
+    rows_s, rows_g = _Rows(s, mix_dtype, cl), _Rows(grad_out, mix_dtype, cl)
+    grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl)
+    g_hats, k = [], 0
+    for run in units.runs if in_groups else ():
+        R = len(run.units)
+        gY = torch.matmul(run.t_out.t(), rows_g.v).view(B, R * C_out, Ho, Wo).to(conv_dtype)
+        W_cat = torch.cat(hats[k:k + R])
         if need_w:
-            U = mix_rows(chunk.t_in, v, shape_in).to(conv_dtype)
-            g_hats += [_conv_grad(gY[r], U[r], hats[k + r], plan, "weight") for r in range(R)]
+            U = torch.matmul(run.t_in, rows_s.v).view(B, R * C_in, H, W).to(conv_dtype)
+            g_hats += list(_conv_grad(gY, U, W_cat, plan, "weight", R).view(R, C_out, C_in, kh, kw).unbind(0))
             del U
         if need_x:
-            gUs = [_conv_grad(gY[r], shape_in, hats[k + r], plan, "input") for r in range(R)]
+            gU = _conv_grad(gY, rows_s.empty_image(R * C_in, conv_dtype), W_cat, plan, "input", R)
             del gY
-            gU = torch.stack(gUs)
-            del gUs
-            grad_s = unmix_rows(chunk.t_in.t(), gU.view(R, B, -1).to(mix_dtype), grad_s)
+            grad.add_block(run.t_in.t(), gU)
             del gU
         k += R
-    for u in units.blocks:
-        d = u.d
-        gY = torch.bmm(u.t_out.t().expand(B, -1, -1), g).view(B, d * C_out, Ho, Wo).to(conv_dtype)
+    # Per chunk: the weight gradients first (then U is freed), then the input gradients.
+    for chunk in () if in_groups else units.chunks:
+        R = len(chunk.units)
+        gY = rows_g.rows(chunk.t_out.t()).to(conv_dtype)
         if need_w:
-            U = torch.bmm(u.t_in.expand(B, -1, -1), v).view(B, d * C_in, H, W).to(conv_dtype)
-            g_hats.append(_conv_grad(gY, U, hats[k], plan, "weight"))
+            U = rows_s.rows(chunk.t_in).to(conv_dtype)
+            g_hats += [_conv_grad(rows_g.image(gY, r), rows_s.image(U, r), hats[k + r], plan, "weight")
+                       for r in range(R)]
             del U
         if need_x:
-            gU = _conv_grad(gY, (B, d * C_in, H, W), hats[k], plan, "input")
+            holder = rows_s.empty_image(C_in, conv_dtype)
+            gUs = [_conv_grad(rows_g.image(gY, r), holder, hats[k + r], plan, "input") for r in range(R)]
+            del gY, holder
+            grad.add_rows(chunk.t_in.t(), gUs)
+            del gUs
+        k += R
+    for u in units.blocks:
+        gY = rows_g.block(u.t_out.t()).to(conv_dtype)
+        if need_w:
+            g_hats.append(_conv_grad(gY, rows_s.block(u.t_in).to(conv_dtype), hats[k], plan, "weight"))
+        if need_x:
+            gU = _conv_grad(gY, rows_s.empty_image(u.d * C_in, conv_dtype), hats[k], plan, "input")
             del gY
-            Tb = u.t_in.t().expand(B, -1, -1)
-            gU = gU.to(mix_dtype).reshape(B, d, -1)
-            grad_s = torch.bmm(Tb, gU) if grad_s is None else grad_s.baddbmm_(Tb, gU)
+            grad.add_block(u.t_in.t(), gU)
             del gU
         k += 1
-    gs = None if grad_s is None else grad_s.view(s.shape).to(s.dtype)
+    gs = grad.result().to(s.dtype) if need_x else None
     gw = weight_grad(units, g_hats, weight.shape).to(weight.dtype) if need_w else None
     return gs, gw, None
