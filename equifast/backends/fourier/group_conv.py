@@ -394,8 +394,8 @@ def _forward(s, prepared, bias, plan):
     Ho, Wo = plan.out_size(H, W, kh, kw)
     if B == 0:
         return s.new_zeros(0, n, C_out, Ho, Wo)
-    in_groups = grouped(units)
-    cl = is_channels_last(s) and not in_groups
+    cl = is_channels_last(s)
+    in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
     rows = _Rows(s, mix_dtype, cl)
     out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl)
     bias = None if bias is None else bias.to(mix_dtype)
@@ -440,8 +440,8 @@ def _backward(grad_out, s, weight, plan, output_mask):
     if B == 0:
         return (s.new_zeros(s.shape) if need_x else None), (weight.new_zeros(weight.shape) if need_w else None), None
     hats = transformed_weights(weight, units, conv_dtype)
-    in_groups = grouped(units)
-    cl = is_channels_last(s) and not in_groups
+    cl = is_channels_last(s)
+    in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
     rows_s, rows_g = _Rows(s, mix_dtype, cl), _Rows(grad_out, mix_dtype, cl)
     grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl)
     g_hats, k = [], 0
