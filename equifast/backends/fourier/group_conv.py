@@ -22,8 +22,10 @@ microbenchmark). The exception (``grouped``): at one thread, groups with more th
 units (C16) run them as grouped convolutions over runs of at most n/2 rows, mixed batch-major as
 [B, R, C, H, W] (no gathering copies of many rows).
 
-Layouts: the rows are mixed from a contiguous stack (a channels_last stack is made contiguous
-first); the op returns outputs and gradients in the input's layout.
+Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW rows [R, B, C, H, W]; a channels_last
+stack (memory B, H, W, n, C) is copied once to [n, B*H*W*C] and one product gives NHWC rows
+[R, B, H, W, C], channels_last images for channels_last convolutions; outputs and gradients come back
+in the stack's layout (grouped convolutions read contiguous stacks only).
 
 Precision: float32/float64 compute in their own dtype. bfloat16 (and float16 off CPU) mixes in
 float32 and convolves in its own dtype (U, Ŵ and Y are rounded to it); float16 on CPU runs in float32
