@@ -115,9 +115,9 @@ def grouped(units: "Units") -> bool:
     """Whether the 1-d units run as grouped convolutions over runs of at most n/2 rows (batch-major
     mixes, no gathering copies, a third of the calls) rather than one convolution per unit. Measured
     on this CPU (A/B of both in one process, interleaved, 32->32 channels, B=8, quiet machine): at one
-    thread equal within 4% for C4 (5 units), D4 (4) and C8 (11), grouped 8-14% faster for C16 (23: the
-    gathering copies of many rows); at two threads equal within 4% for C4, D4 and C8, one conv per
-    unit 11-13% faster for C16."""
+    thread equal within 4% for C4 (5 units), D4 (4) and C8 (11), grouped 8-16% faster for C16 (23: the
+    gathering copies of many rows) in two of three runs and 6% slower in one; at two threads within
+    8% either way for C4, D4, C8 and C16 (11-13% in favour of one conv per unit for C16 in one run)."""
     if MODE != "auto":
         return MODE == "grouped"
     return torch.get_num_threads() < 2 and sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
