@@ -272,16 +272,20 @@ class _Stack:
             self.acc = unmix_rows(T, Y, self.acc)
 
     def add_rows(self, T: torch.Tensor, images: List[torch.Tensor]) -> None:
-        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W])."""
+        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W]). Empties ``images`` once they are
+        gathered (peak memory: the images go before the product allocates its result)."""
         B, C, H, W = self.shape
         R = len(images)
         if self.cl:
             Y = torch.empty(R, B, H, W, C, dtype=images[0].dtype, device=images[0].device)
             for r, y in enumerate(images):
                 Y[r].copy_(y.permute(0, 2, 3, 1))
+            images.clear()
             self._add(T, Y.view(R, -1).to(self.dtype))
         else:
-            self._add(T, torch.stack(images).view(R, B, -1).to(self.dtype))
+            Y = torch.stack(images)
+            images.clear()
+            self._add(T, Y.view(R, B, -1).to(self.dtype))
 
     def add_block(self, T: torch.Tensor, image: torch.Tensor) -> None:
         """Adds T [n, d] applied to the d row-blocks of image [B, d*C, H, W]."""
