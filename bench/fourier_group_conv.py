@@ -93,9 +93,13 @@ def ops(args):
     for threads in args.threads:
         torch.set_num_threads(threads)
         for group, C, B in OP_CASES:
+            fns = {be: op_callable(be, group, C, C, B, 32, channels_last=args.layout == "channels_last")
+                   for be in ("torch", "fourier")}
+            for fn in fns.values():         # warm-up beyond compare's one call: primitives, allocator state
+                for _ in range(args.warmup):
+                    fn()
             quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
-            st = compare({be: op_callable(be, group, C, C, B, 32, channels_last=args.layout == "channels_last")
-                          for be in ("torch", "fourier")}, "cpu", repeat=args.repeat, budget_s=args.budget)
+            st = compare(fns, "cpu", repeat=args.repeat, budget_s=args.budget)
             row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads, "layout": args.layout,
                    "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3,
                    "samples": st["torch"]["samples"], "load": load(), "quiet_before": quiet,
@@ -265,6 +269,7 @@ def main():
     p.add_argument("--budget", type=float, default=10.0, help="seconds per comparison (at least 3 rounds)")
     p.add_argument("--threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
                    help="thread counts of the ops section (default 1,2)")
+    p.add_argument("--warmup", type=int, default=0, help="ops: extra untimed calls of each contender per row")
     p.add_argument("--layout", choices=("contiguous", "channels_last"), default="contiguous",
                    help="ops: memory layout of the input stack and of grad_out")
     p.add_argument("--wait-quiet", type=float, default=0.0,
