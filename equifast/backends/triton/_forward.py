@@ -49,6 +49,21 @@ _FAR = tl.constexpr(-(1 << 24))   # a row/column offset that no tap brings back 
 
 
 @triton.jit
+def affine_view(aff_ptr, g, ALIGN: tl.constexpr):
+    """(row stride, column stride, offset) of copy g's affine view: input element (i, j) of the view
+    is at offset + i·row stride + j·column stride. With ALIGN > 1 the host checked that all three are
+    multiples of ALIGN (vectorised loads)."""
+    sph = tl.load(aff_ptr + 3 * g)
+    spw = tl.load(aff_ptr + 3 * g + 1)
+    off = tl.load(aff_ptr + 3 * g + 2)
+    if ALIGN > 1:
+        sph = tl.multiple_of(sph, ALIGN)
+        spw = tl.multiple_of(spw, ALIGN)
+        off = tl.multiple_of(off, ALIGN)
+    return sph, spw, off
+
+
+@triton.jit
 def _conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, aff_ptr, rows_ptr,
                          S, C_in, H, W, N, C_out, Ho, Wo, HoWo, KH, KW,
                          sxb, sxs, sxc, swn, syb, syg, syc, syh, syw,
@@ -70,13 +85,7 @@ def _conv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, aff_ptr, rows_ptr,
     oj = r % Wo
     rn = nb * BLOCK_N + tl.arange(0, BLOCK_N)              # columns (copy gc, co)
     n_ok = rn < N
-    sph = tl.load(aff_ptr + 3 * g)                         # the affine view of copy g
-    spw = tl.load(aff_ptr + 3 * g + 1)
-    off = tl.load(aff_ptr + 3 * g + 2)
-    if ALIGN > 1:                                          # the host checked every stride and offset
-        sph = tl.multiple_of(sph, ALIGN)
-        spw = tl.multiple_of(spw, ALIGN)
-        off = tl.multiple_of(off, ALIGN)
+    sph, spw, off = affine_view(aff_ptr, g, ALIGN)         # the affine view of copy g
     i0 = oi * sh - pt
     j0 = oj * sw - pl
     i0m = tl.where(m_ok, i0, _FAR)                         # rows past the image read nothing

@@ -76,13 +76,7 @@ def _conv_grad_weight_kernel(x_ptr, dy_ptr, gw_ptr, aff_ptr,
     lo = split * per_split
     hi = tl.minimum(lo + per_split, chunks)
     for g in range(0, copies):
-        sph = tl.load(aff_ptr + 3 * g)                      # the affine view of copy g
-        spw = tl.load(aff_ptr + 3 * g + 1)
-        off = tl.load(aff_ptr + 3 * g + 2)
-        if ALIGN > 1:                                       # the host checked every stride and offset
-            sph = tl.multiple_of(sph, ALIGN)
-            spw = tl.multiple_of(spw, ALIGN)
-            off = tl.multiple_of(off, ALIGN)
+        sph, spw, off = F.affine_view(aff_ptr, g, ALIGN)    # the affine view of copy g
         cofs = off + xcol + da * sph + dc * spw             # per column (TAP_MODE: ci block + scalar)
         if ALIGN > 1:
             cofs = tl.max_contiguous(tl.multiple_of(cofs, ALIGN), BLOCK_N)
