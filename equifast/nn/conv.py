@@ -146,9 +146,9 @@ class _GroupConvBase(ParameterCache):
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            path = self._fast_path(x)
-            if path is not None:
-                return self._fast_forward(x, path)
+            fast = self._fast_path(x)
+            if fast is not None:
+                return self._fast_forward(x, *fast)
         if isinstance(x, Tensor) and x.dim() != self._in_dim:
             self._wrong_rank(x)
         return type(self)._op(x, self.weight, self.bias, group=self.group, stride=self.stride, padding=self.padding,
@@ -158,8 +158,9 @@ class _GroupConvBase(ParameterCache):
     # bank, one F.conv2d) or "fourier" (the group-Fourier filters, ``backends.fourier.forward_prepared``)
     _FAST_PATHS = {"torch": "dense", "cpu": "dense", "fourier": "fourier"}
 
-    def _fast_path(self, x) -> Optional[str]:
-        """The eval fast path for input ``x`` ("dense", "fourier") or None (the op runs)."""
+    def _fast_path(self, x):
+        """(path, cached operands) of the eval fast path for input ``x`` (path "dense" or "fourier"), or
+        None (the op runs)."""
         if self.backend not in ("auto", "torch", "fourier") or type(x) is not Tensor or x.dim() != self._in_dim:
             return None
         w, b = self.weight, self.bias
@@ -170,9 +171,8 @@ class _GroupConvBase(ParameterCache):
         if torch.compiler.is_compiling() or "EQUIFAST_BACKEND" in os.environ:
             return None
         path = self._path_for(x)
-        if path is None or self._fast_operands(path) is None:
-            return None
-        return path
+        operands = None if path is None else self._fast_operands(path)
+        return None if operands is None else (path, operands)
 
     def _path_for(self, x: Tensor) -> Optional[str]:
         """The fast path of the backend the op would run on ``x`` ("auto" resolved), decided once per
@@ -203,7 +203,7 @@ class _GroupConvBase(ParameterCache):
     def _build_fast_operands(self, path: str):
         raise NotImplementedError
 
-    def _fast_forward(self, x: Tensor, path: str) -> Tensor:
+    def _fast_forward(self, x: Tensor, path: str, operands) -> Tensor:
         raise NotImplementedError
 
 
@@ -284,8 +284,8 @@ class LiftConv2d(_GroupConvBase):
             return None                               # interpolated views: the op
         return self.weight.detach(), bias, tuple(ops[i] for i in self.group.inverse)
 
-    def _fast_forward(self, x: Tensor, path: str) -> Tensor:
-        weight, bias, views = self._fast_operands(path)
+    def _fast_forward(self, x: Tensor, path: str, operands) -> Tensor:
+        weight, bias, views = operands
         pad2, extra = self._conv_padding()
         n = self.order
         if views is not None:
@@ -417,12 +417,12 @@ class GroupConv2d(_GroupConvBase):
         bias = None if self.bias is None else self.bias.detach().repeat(self.order)
         return _cpu_channels_last(self.filter_bank()), bias
 
-    def _fast_forward(self, s: Tensor, path: str) -> Tensor:
+    def _fast_forward(self, s: Tensor, path: str, operands) -> Tensor:
         if path == "fourier":
             from ..backends.fourier.group_conv import forward_prepared
-            prepared, bias = self._fast_operands(path)
+            prepared, bias = operands
             return forward_prepared(s, prepared, bias, self._plan)
-        bank, bias = self._fast_operands(path)
+        bank, bias = operands
         pad2, extra = self._conv_padding()
         x = _cpu_channels_last(flatten_stack(s))
         if extra is not None:

@@ -382,8 +382,8 @@ def prepare_weight(weight: torch.Tensor, group, device, dtype) -> Prepared:
 
 def forward_prepared(s: torch.Tensor, prepared: Prepared, bias: Optional[torch.Tensor], plan) -> torch.Tensor:
     """group_conv's forward (view frame) of ``s`` [B, n, C_in, H, W] with the filters of
-    ``prepare_weight``. The output is a contiguous stack whatever the layout of ``s`` (the op turns
-    it into the input's layout; a caller that promises channels_last must do the same)."""
+    ``prepare_weight``. The output is in the layout of ``s`` (channels_last stacks give channels_last
+    stacks, any other a contiguous one)."""
     n, C_in = prepared.group.order, prepared.weight_shape[2]
     if s.dtype != prepared.dtype or s.dim() != 5 or s.shape[1] != n or s.shape[2] != C_in:
         raise ValueError(f"forward_prepared: s must be a [B, {n}, {C_in}, H, W] stack of {prepared.dtype}, "
