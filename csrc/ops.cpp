@@ -31,4 +31,6 @@ TORCH_LIBRARY(equifast_C, m) {
         "int[] padding, int[] dilation) -> Tensor");
   m.def("group_conv_backward(Tensor grad_out, Tensor s, Tensor weight, Tensor slot, Tensor kperm, int[] stride, "
         "int[] padding, int[] dilation, bool[] output_mask) -> (Tensor, Tensor)");
+  // outputs[r] (=|+=) Σ_g t[r, g] · inputs[g] over 2-D planes (CPU only; csrc/cpu/group_mix.cpp)
+  m.def("group_mix(Tensor t, Tensor[] inputs, Tensor(a!)[] outputs, bool accumulate) -> ()");
 }

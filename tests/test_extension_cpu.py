@@ -173,6 +173,18 @@ for op, group, s in cases:
             tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-9)
             for got, want in zip(res[1], res[0]):
                 torch.testing.assert_close(got, want, **tol)
+# group_mix: full and ragged vector steps and row passes, strided planes, accumulate
+for dtype in (torch.float32, torch.float64):
+    for R, G, P, Q in [(5, 4, 3, 70), (11, 8, 2, 1030), (4, 16, 9, 32), (1, 1, 1, 3)]:
+        t = torch.randn(R, G, dtype=dtype)
+        src = torch.randn(P, G, Q + 2, dtype=dtype)
+        inputs = list(src[:, :, 1:Q + 1].unbind(1))
+        dst = torch.randn(P, R, Q, dtype=dtype)
+        for accumulate in (False, True):
+            out = dst.clone()
+            torch.ops.equifast_C.group_mix(t, inputs, list(out.unbind(1)), accumulate)
+            want = torch.einsum("rg,pgq->prq", t, src[:, :, 1:Q + 1]) + (dst if accumulate else 0)
+            torch.testing.assert_close(out, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5)
 print("ok", isa)
 """
 
@@ -181,7 +193,8 @@ print("ok", isa)
 def test_every_instruction_set_matches_reference(cap):
     """The GEMM copies (AVX-512, AVX2, baseline; picked once per process, so each runs in its own
     subprocess) against the reference on shapes with full and ragged tiles, several K blocks and
-    position chunks, both layouts, stride 2, float32 and float64, forward and backward."""
+    position chunks, both layouts, stride 2, float32 and float64, forward and backward; and the
+    group-axis mix (``group_mix``) of each copy against einsum."""
     import os
     import subprocess
     import sys
@@ -194,3 +207,62 @@ def test_every_instruction_set_matches_reference(cap):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
+
+
+# ---------------------------------------------------------------------------- group_mix
+def _mix_want(t, inputs, before, accumulate):
+    return [(b if accumulate else 0) + sum(t[r, g] * x for g, x in enumerate(inputs)) for r, b in enumerate(before)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_group_mix_matches_the_sum(dtype, threads):
+    """outputs[r] (=, +=) Σ_g t[r, g] inputs[g] on planes read in place: strided copies of one tensor,
+    separate tensors, short rows (channels_last planes [B*H*W, C]) and long ones, many tasks."""
+    torch.manual_seed(0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for R, G, P, Q in [(5, 4, 8, 32 * 9 * 9), (23, 16, 8 * 7 * 7, 32), (3, 2, 1, 1), (12, 8, 5, 3000)]:
+            t = torch.randn(R, G, dtype=dtype)
+            stack = torch.randn(P, G, Q, dtype=dtype)
+            for inputs in (list(stack.unbind(1)), [torch.randn(P, Q, dtype=dtype) for _ in range(G)]):
+                for accumulate in (False, True):
+                    base = torch.randn(R, P, Q + 3, dtype=dtype)
+                    outputs = list(base[:, :, :Q].unbind(0))
+                    before = [o.clone() for o in outputs]
+                    padding = base[:, :, Q:].clone()
+                    torch.ops.equifast_C.group_mix(t, inputs, outputs, accumulate)
+                    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+                    for got, want in zip(outputs, _mix_want(t, inputs, before, accumulate)):
+                        torch.testing.assert_close(got, want, **tol)
+                    assert torch.equal(base[:, :, Q:], padding)   # the columns past Q were not written
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_group_mix_leaves_other_columns_and_empty_planes_alone():
+    t = torch.randn(2, 3)
+    base = torch.zeros(2, 4, 10)
+    torch.ops.equifast_C.group_mix(t, [torch.ones(4, 7)] * 3, list(base[:, :, 2:9].unbind(0)), False)
+    assert base[:, :, :2].abs().sum() == 0 and base[:, :, 9:].abs().sum() == 0
+    torch.testing.assert_close(base[:, :, 2:9], t.sum(1)[:, None, None].expand(2, 4, 7))
+    torch.ops.equifast_C.group_mix(t, [torch.ones(0, 5)] * 3, [torch.empty(0, 5)] * 2, False)   # P = 0
+    torch.ops.equifast_C.group_mix(torch.empty(0, 3), [torch.ones(4, 5)] * 3, [], False)        # R = 0
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda: (torch.randn(2, 3), [torch.randn(4, 5)] * 2, [torch.empty(4, 5)] * 2), "one column per input"),
+    (lambda: (torch.randn(2, 2), [torch.randn(4, 5), torch.randn(4, 6)], [torch.empty(4, 5)] * 2),
+     r"inputs\[1\] must be a \[4, 5\] plane"),
+    (lambda: (torch.randn(2, 2), [torch.randn(4, 5)] * 2, [torch.empty(4, 5, dtype=torch.float64)] * 2),
+     r"outputs\[0\] must be a CPU tensor of t's dtype"),
+    (lambda: (torch.randn(2, 2), [torch.randn(5, 4).t()] * 2, [torch.empty(4, 5)] * 2), "unit column stride"),
+    (lambda: (torch.randn(2, 2), [torch.randn(4, 5)] * 2, [torch.empty(5).expand(4, 5)] * 2), "overlapping rows"),
+    (lambda: (torch.randn(2, 2, dtype=torch.float16), [torch.randn(4, 5)] * 2, [torch.empty(4, 5)] * 2),
+     "float32 or float64"),
+])
+def test_group_mix_rejects_bad_planes(args, match):
+    t, inputs, outputs = args()
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.equifast_C.group_mix(t, inputs, outputs, False)

@@ -163,6 +163,28 @@ def test_both_conv_modes_match_reference(monkeypatch, mode, name):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("mix", ["auto", "torch"])
+@pytest.mark.parametrize("name", ["C4", "D4", "C16", "fourier-S3"])
+def test_both_mix_implementations_match_reference(monkeypatch, mix, name):
+    """The group-axis mixes through the compiled kernel (``equifast_C::group_mix``, CPU float32/float64
+    where equifast._C is built) and through plain PyTorch agree with the reference, in both layouts and
+    both conv modes."""
+    from equifast.backends.fourier import group_conv as fgc
+    if mix == "auto" and fgc._compiled_mix() is None:
+        pytest.skip("equifast._C is not built here: the compiled mix is not available (make build)")
+    monkeypatch.setattr(fgc, "MIX", mix)
+    calls = []
+    if mix == "auto":
+        real = fgc._compiled_mix()
+        monkeypatch.setattr(fgc, "_compiled_mix", lambda: lambda *a: (calls.append(1), real(*a)))
+    for mode in ("units", "grouped"):
+        monkeypatch.setattr(fgc, "MODE", mode)
+        s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=2, H=6)
+        _assert_matches_reference(s, w, b, group=name, stride=(2, 1), padding=(1, 2, 0, 1))
+        _assert_matches_reference(to_channels_last(s), w, None, group=name, padding=1)
+    assert bool(calls) == (mix == "auto")
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_chunked_units_match_reference(monkeypatch, rows):
     """1-d units mixed in several chunks (C_n and D_n fit one chunk by default; large custom groups do not)."""

@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include "equiconv.h"
+#include "cpu/isa.h"
 
 #define EQUIFAST_MK_NS mk_base
 #define EQUIFAST_MK_VBYTES 16
@@ -44,8 +45,7 @@
 #undef EQUIFAST_MK_VBYTES
 #undef EQUIFAST_MK_MR
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EQUIFAST_HAVE_X86_COPIES 1
+#ifdef EQUIFAST_HAVE_X86_COPIES  // cpu/isa.h
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define EQUIFAST_MK_NS mk_avx2
@@ -79,24 +79,6 @@ struct Micro {
   void (*transpose)(int64_t, int64_t, const T*, int64_t, T*, int64_t);
   int64_t nb;  // column block: B rows (and a column bias) must be readable up to a multiple of it
 };
-
-// "avx512", "avx2" or "baseline": the GEMM copy this CPU runs (EQUIFAST_CPU_ISA=avx2|baseline caps it).
-inline const char* isa() {
-#ifdef EQUIFAST_HAVE_X86_COPIES
-  static const char* chosen = [] {
-    const char* cap = std::getenv("EQUIFAST_CPU_ISA");
-    const std::string c = cap ? cap : "";
-    if (c != "baseline" && c != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq"))
-      return "avx512";
-    if (c != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-    return "baseline";
-  }();
-  return chosen;
-#else
-  return "baseline";
-#endif
-}
 
 template <typename T>
 Micro<T> micro() {

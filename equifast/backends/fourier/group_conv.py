@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..._layout import is_channels_last
+from ..._layout import empty_stack, is_channels_last
 from . import basis as _basis
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -164,24 +164,64 @@ def _units(group, device, dtype) -> Units:
 
 
 # ---------------------------------------------------------------------------------------------
-# Group-axis mixes (contiguous stacks viewed as [B, n, X])
+# Group-axis mixes over planes
 # ---------------------------------------------------------------------------------------------
-def mix_rows(T: torch.Tensor, v: torch.Tensor, shape) -> torch.Tensor:
-    """Rows [R, *shape] with row r, batch b = Σ_g T[r, g] v[b, g], for v [B, n, X]: one batched product
-    written straight into the row-major layout (each row a dense batch of images)."""
-    R, B = T.shape[0], v.shape[0]
-    out = v.new_empty(R, *shape)
-    torch.bmm(T.expand(B, -1, -1), v, out=out.view(R, B, -1).transpose(0, 1))
-    return out
+MIX = "auto"           # "torch": the plain-PyTorch mix everywhere (tests, benchmarks)
+_COMPILED_MIX: Optional[bool] = None
 
 
-def unmix_rows(T: torch.Tensor, Y: torch.Tensor, accumulate: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[B, n, X] with [b, g] = Σ_r T[g, r] Y[r, b] for rows Y [R, B, X] (added into ``accumulate``)."""
-    Yt = Y.transpose(0, 1)
-    Tb = T.expand(Yt.shape[0], -1, -1)
-    if accumulate is None:
-        return torch.bmm(Tb, Yt)
-    return accumulate.baddbmm_(Tb, Yt)
+def _compiled_mix():
+    """``torch.ops.equifast_C.group_mix`` where equifast._C is built with its CPU kernels, else None
+    (looked up once, on first use)."""
+    global _COMPILED_MIX
+    if _COMPILED_MIX is None:
+        from .. import _compiled
+        _COMPILED_MIX = bool(_compiled.load()[0]) and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "equifast_C::group_mix", "CPU")
+    return torch.ops.equifast_C.group_mix if _COMPILED_MIX else None
+
+
+def mix(T: torch.Tensor, inputs: List[torch.Tensor], outputs: List[torch.Tensor], accumulate: bool = False) -> None:
+    """outputs[r] = Σ_g T[r, g] inputs[g] (``accumulate``: +=), over 2-D planes [P, Q] with unit column
+    stride (any row stride: the copies of a stack, a list of separate convolution outputs).
+
+    Two implementations of the same sum: on CPU with T, inputs and outputs of one dtype (float32 or
+    float64), the compiled kernel ``equifast_C::group_mix`` (csrc/cpu/group_mix.cpp: one pass that
+    reads the planes where they are and writes the outputs in place); elsewhere (CUDA, low precision,
+    no compiled extension, ``MIX = "torch"``) plain PyTorch: the inputs stacked, one product, the
+    rows copied (or added) into the outputs, converting dtypes."""
+    op = _compiled_mix() if MIX == "auto" and T.device.type == "cpu" else None
+    if op is not None and all(t.dtype == T.dtype for t in inputs) and all(t.dtype == T.dtype for t in outputs):
+        op(T.contiguous(), inputs, outputs, accumulate)
+        return
+    X = torch.stack(inputs).to(T.dtype)
+    Y = torch.mm(T, X.view(len(inputs), -1)).view(len(outputs), *X.shape[1:])
+    for o, y in zip(outputs, Y):
+        if accumulate:
+            o.add_(y)
+        else:
+            o.copy_(y)
+
+
+def image_planes(x: torch.Tensor, channels_last: bool, parts: int = 1) -> List[torch.Tensor]:
+    """The ``parts`` channel blocks of an image x [B, parts*C, H, W] as planes: [B, C*H*W] for a
+    contiguous image, [B*H*W, C] for a channels_last one (views; an image in the other layout is
+    copied first)."""
+    B, PC, H, W = x.shape
+    if channels_last:
+        x = x.permute(0, 2, 3, 1)
+        return list(x.contiguous().view(B * H * W, parts, PC // parts).unbind(1))
+    return list(x.contiguous().view(B, parts, -1).unbind(1))
+
+
+def stack_planes(s: torch.Tensor, channels_last: bool) -> List[torch.Tensor]:
+    """The n copies of a stack [B, n, C, H, W] as planes: [B, C*H*W] (contiguous; memory B, n, C, H, W)
+    or [B*H*W, C] (channels_last; memory B, H, W, n, C), views of ``s`` (a stack in the other layout is
+    copied first)."""
+    B, n, C, H, W = s.shape
+    if channels_last:
+        return list(s.permute(0, 3, 4, 1, 2).contiguous().view(B * H * W, n, C).unbind(1))
+    return list(s.contiguous().view(B, n, -1).unbind(1))
 
 
 def transformed_weights(weight: torch.Tensor, units: Units, conv_dtype) -> List[torch.Tensor]:
@@ -220,90 +260,74 @@ def weight_grad(units: Units, g_hats: List[torch.Tensor], shape) -> torch.Tensor
 # ---------------------------------------------------------------------------------------------
 class _Rows:
     """A stack [B, n, C, H, W] read as rows for the convolutions, in the layout of the stack:
-    contiguous -> rows [R, B, C, H, W] (one batched product), channels_last (memory B, H, W, n, C) ->
-    rows [R, B, H, W, C] (one copy of the stack to [n, B*H*W*C], then one product), so that every row
-    is a dense image in the stack's layout."""
+    contiguous -> rows [R, B, C, H, W], channels_last (memory B, H, W, n, C) -> rows [R, B, H, W, C],
+    each one ``mix`` of the stack's copies, so that every row is a dense image in the stack's layout."""
 
-    def __init__(self, s: torch.Tensor, dtype, channels_last: bool):
+    def __init__(self, s: torch.Tensor, channels_last: bool):
         B, n, C, H, W = s.shape
-        self.shape, self.cl = (B, C, H, W), channels_last
-        if channels_last:
-            self.v = s.to(dtype).permute(0, 3, 4, 1, 2).reshape(B * H * W, n, C).transpose(0, 1).reshape(n, -1)
-        else:
-            self.v = s.to(dtype).contiguous().view(B, n, C * H * W)
+        self.shape, self.cl, self.device = (B, C, H, W), channels_last, s.device
+        self.planes = stack_planes(s, channels_last)
 
-    def rows(self, T: torch.Tensor) -> torch.Tensor:
-        """[R, ...]: row r an image [B, C, H, W] through ``image``."""
+    def rows(self, T: torch.Tensor, dtype) -> torch.Tensor:
+        """[R, ...] in ``dtype``: row r an image [B, C, H, W] through ``image``."""
+        B, C, H, W = self.shape
+        R = T.shape[0]
         if self.cl:
-            B, C, H, W = self.shape
-            return torch.mm(T, self.v).view(T.shape[0], B, H, W, C)
-        return mix_rows(T, self.v, self.shape)
+            out = torch.empty(R, B, H, W, C, dtype=dtype, device=self.device)
+            mix(T, self.planes, list(out.view(R, B * H * W, C).unbind(0)))
+        else:
+            out = torch.empty(R, B, C, H, W, dtype=dtype, device=self.device)
+            mix(T, self.planes, list(out.view(R, B, -1).unbind(0)))
+        return out
 
     def image(self, rows: torch.Tensor, r: int) -> torch.Tensor:
         return rows[r].permute(0, 3, 1, 2) if self.cl else rows[r]
 
-    def block(self, T: torch.Tensor) -> torch.Tensor:
-        """The d rows of T [d, n] as one image [B, d*C, H, W] (channels (a, c))."""
-        B, C, H, W = self.shape
-        d = T.shape[0]
-        if self.cl:
-            x = torch.mm(T, self.v).view(d, B * H * W, C).transpose(0, 1)
-            return x.reshape(B, H, W, d * C).permute(0, 3, 1, 2)
-        return torch.bmm(T.expand(B, -1, -1), self.v).view(B, d * C, H, W)
+    def block(self, T: torch.Tensor, dtype) -> torch.Tensor:
+        """The rows of T [d, n] as one image [B, d*C, H, W] in ``dtype`` (channels (a, c))."""
+        out = self.empty_image(T.shape[0] * self.shape[1], dtype)
+        mix(T, self.planes, image_planes(out, self.cl, T.shape[0]))
+        return out
 
     def empty_image(self, C: int, dtype) -> torch.Tensor:
         """An uninitialised image [B, C, H, W] in the rows' layout (its shape for an input gradient)."""
         B, _, H, W = self.shape
         if self.cl:
-            return torch.empty(B, H, W, C, dtype=dtype, device=self.v.device).permute(0, 3, 1, 2)
-        return torch.empty(B, C, H, W, dtype=dtype, device=self.v.device)
+            return torch.empty(B, H, W, C, dtype=dtype, device=self.device).permute(0, 3, 1, 2)
+        return torch.empty(B, C, H, W, dtype=dtype, device=self.device)
 
 
 class _Stack:
-    """Accumulates Σ_r T[g, r] Y_r into a stack [B, n, C, H, W] in the rows' layout."""
+    """Accumulates Σ_r T[g, r] Y_r into a stack [B, n, C, H, W] of ``dtype`` in the rows' layout (each
+    addition one ``mix`` reading the images where they are; the stack is allocated at the first)."""
 
-    def __init__(self, n: int, shape, dtype, channels_last: bool):
-        self.n, self.shape, self.dtype, self.cl, self.acc = n, shape, dtype, channels_last, None
+    def __init__(self, n: int, shape, dtype, channels_last: bool, device):
+        self.n, self.shape, self.dtype, self.cl, self.device = n, shape, dtype, channels_last, device
+        self.stack, self.planes = None, None
 
-    def _add(self, T, Y):           # Y: [R, X] (cl) or rows [R, B, X] (contiguous)
-        if self.cl:
-            self.acc = torch.mm(T, Y) if self.acc is None else self.acc.addmm_(T, Y)
-        else:
-            self.acc = unmix_rows(T, Y, self.acc)
+    def _add(self, T, planes):
+        started = self.stack is not None
+        if not started:
+            B, C, H, W = self.shape
+            self.stack = empty_stack((B, self.n, C, H, W), self.cl, dtype=self.dtype, device=self.device)
+            self.planes = stack_planes(self.stack, self.cl)
+        mix(T, planes, self.planes, started)
 
     def add_rows(self, T: torch.Tensor, images: List[torch.Tensor]) -> None:
-        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W]). Empties ``images`` once they are
-        gathered (peak memory: the images go before the product allocates its result)."""
-        B, C, H, W = self.shape
-        R = len(images)
-        if self.cl:
-            Y = torch.empty(R, B, H, W, C, dtype=images[0].dtype, device=images[0].device)
-            for r, y in enumerate(images):
-                Y[r].copy_(y.permute(0, 2, 3, 1))
-            images.clear()
-            self._add(T, Y.view(R, -1).to(self.dtype))
-        else:
-            Y = torch.stack(images)
-            images.clear()
-            self._add(T, Y.view(R, B, -1).to(self.dtype))
+        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W]); empties ``images``."""
+        planes = [p for y in images for p in image_planes(y, self.cl)]
+        images.clear()
+        self._add(T, planes)
 
     def add_block(self, T: torch.Tensor, image: torch.Tensor) -> None:
         """Adds T [n, d] applied to the d row-blocks of image [B, d*C, H, W]."""
-        B, C, H, W = self.shape
-        d = T.shape[1]
-        if self.cl:
-            Y = image.permute(0, 2, 3, 1).reshape(B * H * W, d, C).transpose(0, 1).reshape(d, -1)
-            self._add(T, Y.to(self.dtype))
-        else:
-            Y = image.to(self.dtype).reshape(B, d, -1)
-            Tb = T.expand(B, -1, -1)
-            self.acc = torch.bmm(Tb, Y) if self.acc is None else self.acc.baddbmm_(Tb, Y)
+        self._add(T, image_planes(image, self.cl, T.shape[1]))
 
     def result(self) -> torch.Tensor:
-        B, C, H, W = self.shape
-        if self.cl:
-            return self.acc.view(self.n, B, H, W, C).permute(1, 2, 3, 0, 4).contiguous().permute(0, 3, 4, 1, 2)
-        return self.acc.view(B, self.n, C, H, W)
+        if self.stack is None:
+            B, C, H, W = self.shape
+            return torch.zeros(B, self.n, C, H, W, dtype=self.dtype, device=self.device)
+        return self.stack
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +426,13 @@ def _forward(s, prepared, bias, plan):
         return s.new_zeros(0, n, C_out, Ho, Wo)
     cl = is_channels_last(s)
     in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
-    rows = _Rows(s, mix_dtype, cl)
-    out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl)
+    rows = _Rows(s, cl)
+    out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl, s.device)
     bias = None if bias is None else bias.to(mix_dtype)
     k = 0
     for run in units.runs if in_groups else ():
         R = len(run.units)
-        U = torch.matmul(run.t_in, rows.v).view(B, R * C_in, H, W).to(conv_dtype)
+        U = rows.block(run.t_in, conv_dtype)
         biases = [_bias(u, bias, conv_dtype) for u in run.units]
         b = None if all(x is None for x in biases) else \
             torch.cat([hats[0].new_zeros(C_out) if x is None else x for x in biases])
@@ -418,16 +442,16 @@ def _forward(s, prepared, bias, plan):
         out.add_block(run.t_out, Y)             # R 1-d rows, batch-major: the same product
         del Y
     for chunk in () if in_groups else units.chunks:
-        U = rows.rows(chunk.t_in).to(conv_dtype)
+        U = rows.rows(chunk.t_in, conv_dtype)
         Ys = []
         for r, u in enumerate(chunk.units):
             Ys.append(_conv(rows.image(U, r), hats[k], _bias(u, bias, conv_dtype), plan))
             k += 1
-        del U                                   # peak memory: the rows go before the outputs are gathered
+        del U                                   # peak memory: the rows go before the output stack comes
         out.add_rows(chunk.t_out, Ys)
         del Ys
     for u in units.blocks:
-        Y = _conv(rows.block(u.t_in).to(conv_dtype), hats[k], _bias(u, bias, conv_dtype), plan)
+        Y = _conv(rows.block(u.t_in, conv_dtype), hats[k], _bias(u, bias, conv_dtype), plan)
         k += 1
         out.add_block(u.t_out, Y)
         del Y
@@ -448,15 +472,15 @@ def _backward(grad_out, s, weight, plan, output_mask):
     hats = transformed_weights(weight, units, conv_dtype)
     cl = is_channels_last(s)
     in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
-    rows_s, rows_g = _Rows(s, mix_dtype, cl), _Rows(grad_out, mix_dtype, cl)
-    grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl)
+    rows_s, rows_g = _Rows(s, cl), _Rows(grad_out, cl)
+    grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl, s.device)
     g_hats, k = [], 0
     for run in units.runs if in_groups else ():
         R = len(run.units)
-        gY = torch.matmul(run.t_out.t(), rows_g.v).view(B, R * C_out, Ho, Wo).to(conv_dtype)
+        gY = rows_g.block(run.t_out.t(), conv_dtype)
         W_cat = torch.cat(hats[k:k + R])
         if need_w:
-            U = torch.matmul(run.t_in, rows_s.v).view(B, R * C_in, H, W).to(conv_dtype)
+            U = rows_s.block(run.t_in, conv_dtype)
             g_hats += list(_conv_grad(gY, U, W_cat, plan, "weight", R).view(R, C_out, C_in, kh, kw).unbind(0))
             del U
         if need_x:
@@ -468,9 +492,9 @@ def _backward(grad_out, s, weight, plan, output_mask):
     # Per chunk: the weight gradients first (then U is freed), then the input gradients.
     for chunk in () if in_groups else units.chunks:
         R = len(chunk.units)
-        gY = rows_g.rows(chunk.t_out.t()).to(conv_dtype)
+        gY = rows_g.rows(chunk.t_out.t(), conv_dtype)
         if need_w:
-            U = rows_s.rows(chunk.t_in).to(conv_dtype)
+            U = rows_s.rows(chunk.t_in, conv_dtype)
             g_hats += [_conv_grad(rows_g.image(gY, r), rows_s.image(U, r), hats[k + r], plan, "weight")
                        for r in range(R)]
             del U
@@ -482,9 +506,9 @@ def _backward(grad_out, s, weight, plan, output_mask):
             del gUs
         k += R
     for u in units.blocks:
-        gY = rows_g.block(u.t_out.t()).to(conv_dtype)
+        gY = rows_g.block(u.t_out.t(), conv_dtype)
         if need_w:
-            g_hats.append(_conv_grad(gY, rows_s.block(u.t_in).to(conv_dtype), hats[k], plan, "weight"))
+            g_hats.append(_conv_grad(gY, rows_s.block(u.t_in, conv_dtype), hats[k], plan, "weight"))
         if need_x:
             gU = _conv_grad(gY, rows_s.empty_image(u.d * C_in, conv_dtype), hats[k], plan, "input")
             del gY
