@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import equifast
@@ -592,6 +593,42 @@ def test_eval_cache_built_in_inference_mode_serves_grad_of_input():
     s.requires_grad_(True)
     layer(s).sum().backward()                             # the cached bank is saved for backward
     assert s.grad is not None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: enn.GroupConv2d(6, 5, 3, padding=1, group="D4", frame="canonical"),
+    lambda: enn.GroupConv2d(6, 5, 3, stride=2, dilation=2, group="C4", frame="canonical", bias=False),
+    lambda: enn.LiftConv2d(3, 5, 5, padding=2, group="C4", frame="canonical"),
+    lambda: enn.LiftConv2d(3, 5, 3, stride=2, padding=1, group="D4", frame="view")])
+def test_eval_dense_conv_prepacked_bank_matches_conv2d(make):
+    from equifast.nn.conv import _DenseConv, _onednn_pointwise
+    torch.manual_seed(5)
+    layer = make().eval()
+    x = torch.randn(2, layer.in_channels, 11, 11) if isinstance(layer, enn.LiftConv2d) else \
+        torch.randn(2, layer.order, layer.in_channels, 11, 11)
+    with torch.no_grad():
+        y = layer(x)
+    conv = layer._cache[1]["dense"]
+    conv = conv[0] if isinstance(conv, tuple) else conv
+    assert isinstance(conv, _DenseConv)
+    assert (conv.packed is not None) == (_onednn_pointwise() is not None)   # oneDNN's blocked bank where torch has it
+    _assert_matches_op(y, layer, x)
+    # the packed bank and F.conv2d on the bank agree, for any input geometry (one bank, many shapes)
+    for shape in [(1, conv.weight.shape[1], 9, 13), (3, conv.weight.shape[1], 16, 7)]:
+        xi = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        expected = F.conv2d(xi, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+        torch.testing.assert_close(conv(xi), expected, atol=1e-5, rtol=1e-5)
+        # an input that needs a gradient goes through F.conv2d (oneDNN's op has no autograd formula)
+        xg = xi.clone().requires_grad_(True)
+        conv(xg).sum().backward()
+        torch.testing.assert_close(xg.grad, torch.autograd.grad(F.conv2d(
+            xi.requires_grad_(True), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation).sum(), xi)[0])
+    # float64 layers keep F.conv2d (no blocked float64 bank)
+    layer.double()
+    with torch.no_grad():
+        _assert_matches_op(layer(x.double()), layer, x.double())
+    conv = layer._cache[1]["dense"]
+    assert (conv[0] if isinstance(conv, tuple) else conv).packed is None
 
 
 def test_eval_fast_path_respects_explicit_backend_and_env(monkeypatch):

@@ -81,6 +81,48 @@ def _cpu_channels_last(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def _onednn_pointwise():
+    """oneDNN's convolution with a pre-reordered weight (the ops torch.compile's CPU backend runs on frozen
+    weights), or None where this torch build lacks them."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    ops = torch.ops.mkldnn
+    try:
+        return ops._reorder_convolution_weight.default, ops._convolution_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class _DenseConv:
+    """One plain convolution with a fixed filter bank: the eval fast path's "dense" operands.
+
+    On CPU in float32 the bank is also reordered once into oneDNN's blocked weight layout, and
+    channels_last inputs that need no gradient run oneDNN's convolution on it directly: ``F.conv2d``
+    reorders the bank on every call, which at batch 1 is a tenth of a 256->256 3x3 convolution on 14x14
+    (13%, measured with bench/inference.py's network on this project's CPU). Everything else runs
+    ``F.conv2d`` on the bank (the same values to float rounding; tests/test_nn.py)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation):
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.packed = None
+        ops = _onednn_pointwise() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
+        if ops is not None:
+            reorder, self._run = ops
+            try:
+                self.packed = reorder(weight, list(self.padding), list(self.stride), list(self.dilation), 1, None)
+            except RuntimeError:
+                self.packed = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if (self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            return self._run(x, self.packed, self.bias, list(self.padding), list(self.stride), list(self.dilation),
+                             1, "none", [None], "")
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
 class _GroupConvBase(ParameterCache):
     _op = None
     _in_dim = 4
@@ -277,16 +319,19 @@ class LiftConv2d(_GroupConvBase):
             return None
         n = self.order
         bias = None if self.bias is None else self.bias.detach()
+        pad2, _ = self._conv_padding()
         if self.frame == "canonical":
-            return _cpu_channels_last(self.filter_bank()), (None if bias is None else bias.repeat(n)), None
+            return _DenseConv(_cpu_channels_last(self.filter_bank()), None if bias is None else bias.repeat(n),
+                              self.stride, pad2, self.dilation), None
         ops = _plain.image_ops(self.group)
         if ops is None:
             return None                               # interpolated views: the op
-        return self.weight.detach(), bias, tuple(ops[i] for i in self.group.inverse)
+        return (_DenseConv(self.weight.detach(), bias, self.stride, pad2, self.dilation),
+                tuple(ops[i] for i in self.group.inverse))
 
     def _fast_forward(self, x: Tensor, path: str, operands) -> Tensor:
-        weight, bias, views = operands
-        pad2, extra = self._conv_padding()
+        conv, views = operands
+        _, extra = self._conv_padding()
         n = self.order
         if views is not None:
             x = torch.stack([_plain.act_plain(x, k, f) for k, f in views], 1).flatten(0, 1)
@@ -294,7 +339,7 @@ class LiftConv2d(_GroupConvBase):
             x = _cpu_channels_last(x)
         if extra is not None:
             x = F.pad(x, extra)
-        y = F.conv2d(x, weight, bias, self.stride, pad2, self.dilation)
+        y = conv(x)
         if views is not None:
             return y.unflatten(0, (-1, n))
         return y.unflatten(1, (n, self.out_channels))
@@ -415,19 +460,19 @@ class GroupConv2d(_GroupConvBase):
             bias = None if self.bias is None else self.bias.detach()
             return prepare_weight(w, self.group, w.device, w.dtype), bias
         bias = None if self.bias is None else self.bias.detach().repeat(self.order)
-        return _cpu_channels_last(self.filter_bank()), bias
+        return _DenseConv(_cpu_channels_last(self.filter_bank()), bias, self.stride, self._conv_padding()[0],
+                          self.dilation)
 
     def _fast_forward(self, s: Tensor, path: str, operands) -> Tensor:
         if path == "fourier":
             from ..backends.fourier.group_conv import forward_prepared
             prepared, bias = operands
             return forward_prepared(s, prepared, bias, self._plan)
-        bank, bias = operands
-        pad2, extra = self._conv_padding()
+        _, extra = self._conv_padding()
         x = _cpu_channels_last(flatten_stack(s))
         if extra is not None:
             x = F.pad(x, extra)
-        return F.conv2d(x, bank, bias, self.stride, pad2, self.dilation).unflatten(1, (self.order, self.out_channels))
+        return operands(x).unflatten(1, (self.order, self.out_channels))
 
     # ------------------------------------------------------------ deployment
     def filter_bank(self, layout: str = "group_major") -> Tensor:
