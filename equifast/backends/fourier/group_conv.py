@@ -6,10 +6,14 @@ The stack is mixed into rows, U[r] = Σ_g t_in[r, g] s[:, g], stored row-major a
 that each row is a dense batch of images for its convolution without a copy. The 1-d units are taken
 in chunks of at most 2n rows (``CHUNK_ROWS``: all of C_n's and D_n's in one chunk):
 
-    U = t_in ·_g s                       one batched product per chunk              [R, B, C_in, H, W]
+    U = t_in ·_g s                       one mix per chunk                          [R, B, C_in, H, W]
     Ŵ_k = t_w_k ·_h w                    all units in one small product             [d*C_out, d*C_in, kh, kw]
     Y_k = conv2d(U_k, Ŵ_k)               one call per unit, the only heavy step     [B, d*C_out, H', W']
-    out += t_out ·_r Y                   one batched product per chunk              [B, n, C_out, H', W']
+    out += t_out ·_r Y                   one mix per chunk, reading every Y_k where it is  [B, n, C_out, H', W']
+
+A mix (``mix``) applies a small matrix across planes [P, Q] (the copies of a stack, the rows, the
+convolution outputs, each a view): on CPU one pass of the compiled kernel ``equifast_C::group_mix``
+(no gathering copy, results written in place in their final layout), elsewhere plain PyTorch.
 
 A unit of dimension d > 1 (D_n's 2-d irreducibles, custom groups) is mixed on its own as
 [B, d, C, H, W]. The bias enters the trivial representation's unit as its conv's bias.
@@ -18,14 +22,14 @@ backward, with the same matrices transposed (no recomputed forward, no autograd)
     gU_k = conv_input_grad(gY_k, Ŵ_k);  grad_s += t_inᵀ ·_r gU;  at the end grad_w = t_wᵀ ·_k gŴ
 One convolution per unit rather than one grouped convolution over many: oneDNN's grouped
 convolutions were measured slower per FLOP on CPU (their backward 1.5-1.7x at 2-3 groups in a quiet
-microbenchmark). The exception (``grouped``): at one thread, groups with more than 16 one-dimensional
-units (C16) run them as grouped convolutions over runs of at most n/2 rows, mixed batch-major as
-[B, R, C, H, W] (no gathering copies of many rows).
+microbenchmark). The exception (``grouped``): groups with more than 16 one-dimensional units (C16)
+run them as grouped convolutions over runs of at most n/2 rows, mixed batch-major as [B, R, C, H, W]
+(a third of the calls).
 
-Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW rows [R, B, C, H, W]; a channels_last
-stack (memory B, H, W, n, C) is copied once to [n, B*H*W*C] and one product gives NHWC rows
-[R, B, H, W, C], channels_last images for channels_last convolutions; outputs and gradients come back
-in the stack's layout (grouped convolutions read contiguous stacks only).
+Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW rows [R, B, C, H, W] (planes
+[B, C*H*W]); a channels_last stack (memory B, H, W, n, C) gives NHWC rows [R, B, H, W, C] (planes
+[B*H*W, C], read without a copy), channels_last images for channels_last convolutions; outputs and
+gradients come back in the stack's layout (grouped convolutions read contiguous stacks only).
 
 Precision: float32/float64 compute in their own dtype. bfloat16 (and float16 off CPU) mixes in
 float32 and convolves in its own dtype (U, Ŵ and Y are rounded to it); float16 on CPU runs in float32
@@ -108,19 +112,18 @@ def RUN_ROWS(n: int) -> int:   # noqa: N802
 
 
 MODE = "auto"          # "units" or "grouped" force one way (tests, benchmarks)
-GROUPED_FROM_UNITS = 16   # at one thread, more 1-d units than this take grouped convs
+GROUPED_FROM_UNITS = 16   # more 1-d units than this take grouped convs
 
 
 def grouped(units: "Units") -> bool:
-    """Whether the 1-d units run as grouped convolutions over runs of at most n/2 rows (batch-major
-    mixes, no gathering copies, a third of the calls) rather than one convolution per unit. Measured
-    on this CPU (A/B of both in one process, interleaved, 32->32 channels, B=8, quiet machine): at one
-    thread equal within 4% for C4 (5 units), D4 (4) and C8 (11), grouped 8-16% faster for C16 (23: the
-    gathering copies of many rows) in two of three runs and 6% slower in one; at two threads within
-    8% either way for C4, D4, C8 and C16 (11-13% in favour of one conv per unit for C16 in one run)."""
+    """Whether the 1-d units run as grouped convolutions over runs of at most n/2 rows (a third of the
+    calls) rather than one convolution per unit. Measured on this CPU (A/B of both in one process,
+    interleaved, 32->32 channels, B=8, with the compiled mixes): C16 (23 units) grouped 1-14% faster in
+    four of four runs at two threads and 3% at one; C8 (11 units) one conv per unit 1-9% faster at one
+    and two threads; C4 (5) and D4 (4) within noise at one thread, one conv per unit ahead for C4."""
     if MODE != "auto":
         return MODE == "grouped"
-    return torch.get_num_threads() < 2 and sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
+    return sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
 
 
 def _split(flat, rows):
