@@ -21,8 +21,8 @@ Eval fast path: in eval mode, when no gradient of the weight is needed (``torch.
 expansion where the backend the op would run (``backend`` "torch" or "fourier", or "auto" resolved;
 decided once per input geometry) has a cached form:
 
-* "torch" / "cpu" (dense convolution): ``torch.nn.functional.conv2d`` with the expanded filter bank,
-  cached. On CPU it computes in channels_last (oneDNN's fastest layout): its stacks come out
+* "torch" / "cpu" (dense convolution): one convolution with the expanded filter bank, cached (on CPU
+  in float32 also in oneDNN's blocked weight layout: ``_DenseConv``). On CPU it computes in channels_last (oneDNN's fastest layout): its stacks come out
   channels_last (memory B, H, W, n, C), which every equifast layer reads without a copy;
 * "fourier" (``GroupConv2d``, view frame): the group-Fourier filters, cached
   (``equifast.backends.fourier.group_conv.forward_prepared``).
@@ -97,10 +97,9 @@ class _DenseConv:
     """One plain convolution with a fixed filter bank: the eval fast path's "dense" operands.
 
     On CPU in float32 the bank is also reordered once into oneDNN's blocked weight layout, and
-    channels_last inputs that need no gradient run oneDNN's convolution on it directly: ``F.conv2d``
-    reorders the bank on every call, which at batch 1 is a tenth of a 256->256 3x3 convolution on 14x14
-    (13%, measured with bench/inference.py's network on this project's CPU). Everything else runs
-    ``F.conv2d`` on the bank (the same values to float rounding; tests/test_nn.py)."""
+    channels_last inputs that need no gradient run oneDNN's convolution on it directly, skipping the
+    weight reorder ``F.conv2d`` repeats on every call (noticeable at batch 1, where a call is short).
+    Everything else runs ``F.conv2d`` on the bank (the same values to float rounding; tests/test_nn.py)."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation):
         self.weight, self.bias = weight, bias

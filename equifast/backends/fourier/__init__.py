@@ -61,7 +61,8 @@ def supports(plan, x, weight):
 # (bench/results/fourier-*/): kernels of at least 3x3, groups of order >= 4, and layers whose dense
 # forward is at least MIN_DENSE_FLOP. In the sweep of bench/results/fourier-2026-11-30-v2 (one conv
 # per irreducible copy) every 3x3 C4/D4 layer from 3e8 FLOP up won (1.5-2.8x) and one at 1.5e8 still
-# lost (0.96x), so the bound stays at 4e8 with a margin; 1x1 kernels are left to the dense bank (C4 lost
+# lost (0.96x) (v3, compiled mixes: from 2.7e8 up 1.24-2.94x, one at 1.5e8 0.92x), so the bound stays at
+# 4e8 with a margin; 1x1 kernels are left to the dense bank (C4 lost
 # at every size measured, D4 gained at most 1.24x). One and two threads alike on a quiet machine
 # (ops section; 2-thread runs on cores busy with other jobs are not representative: every parallel
 # region of the many small calls waits for a preempted thread).
