@@ -5,7 +5,8 @@ only when a parameter changed since it was built. A parameter counts as changed 
 counter (bumped by every in-place update: optimizer steps, ``copy_``, ``load_state_dict``), storage,
 dtype or device differs; ``train()``, ``.to()`` / ``.cuda()`` / ``.half()`` and ``load_state_dict``
 drop the cache outright. Writes through ``.data`` bypass the version counter: call ``clear_cache()``
-after them.
+after them. Copies (``copy.deepcopy``) and pickles (``torch.save(module)``) leave the cache out: it may
+hold tensors that cannot be copied (oneDNN's blocked weights) and is rebuilt on first use.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class ParameterCache(nn.Module):
             value = build()
         self._cache = (key, value)
         return value
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_cache", None)
+        return state
 
     def clear_cache(self) -> None:
         """Drop the cached tensors (rebuilt on next use)."""

@@ -631,6 +631,28 @@ def test_eval_dense_conv_prepacked_bank_matches_conv2d(make):
     assert (conv[0] if isinstance(conv, tuple) else conv).packed is None
 
 
+def test_eval_cache_is_left_out_of_copies_and_pickles():
+    """deepcopy and torch.save of a layer whose eval cache is built (it may hold oneDNN's blocked
+    weights, which cannot be copied) work and give the same outputs; the copy rebuilds its cache."""
+    import copy
+    import io
+    torch.manual_seed(6)
+    layer = enn.GroupConv2d(4, 3, 3, padding=1, group="D4", frame="canonical").eval()
+    s = torch.randn(2, 8, 4, 7, 7)
+    with torch.no_grad():
+        y = layer(s)
+    assert layer._cache is not None
+    other = copy.deepcopy(layer)
+    assert other._cache is None and layer._cache is not None
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(other(s), y)
+        torch.testing.assert_close(loaded(s), y)
+
+
 def test_eval_fast_path_respects_explicit_backend_and_env(monkeypatch):
     layer = enn.GroupConv2d(2, 3, 3, backend="reference").eval()
     s = torch.randn(1, 4, 2, 6, 6)

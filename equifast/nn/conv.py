@@ -22,8 +22,9 @@ expansion where the backend the op would run (``backend`` "torch" or "fourier", 
 decided once per input geometry) has a cached form:
 
 * "torch" / "cpu" (dense convolution): one convolution with the expanded filter bank, cached (on CPU
-  in float32 also in oneDNN's blocked weight layout: ``_DenseConv``). On CPU it computes in channels_last (oneDNN's fastest layout): its stacks come out
-  channels_last (memory B, H, W, n, C), which every equifast layer reads without a copy;
+  in float32 also in oneDNN's blocked weight layout: ``_DenseConv``). On CPU it computes in
+  channels_last (oneDNN's fastest layout): its stacks come out channels_last (memory B, H, W, n, C),
+  which every equifast layer reads without a copy;
 * "fourier" (``GroupConv2d``, view frame): the group-Fourier filters, cached
   (``equifast.backends.fourier.group_conv.forward_prepared``).
 
@@ -114,8 +115,8 @@ class _DenseConv:
                 self.packed = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if (self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
-                and x.is_contiguous(memory_format=torch.channels_last)
+        if (self.packed is not None and torch.backends.mkldnn.enabled and x.dtype == torch.float32
+                and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last)
                 and not (x.requires_grad and torch.is_grad_enabled())):
             return self._run(x, self.packed, self.bias, list(self.padding), list(self.stride), list(self.dilation),
                              1, "none", [None], "")

@@ -11,7 +11,8 @@ from fourier_group_conv import op_callable
 from torch.profiler import profile
 cases = [c.split(":") for c in sys.argv[1].split(",")]
 steps = {"convolution forward": ("aten::mkldnn_convolution",), "convolution backward": ("aten::convolution_backward",),
-         "group-axis mixes (group_mix; bmm/mm)": ("equifast_C::group_mix", "aten::bmm", "aten::baddbmm_", "aten::mm", "aten::baddbmm"),
+         "group-axis mixes (group_mix; bmm/mm)": ("equifast_C::group_mix", "aten::bmm", "aten::baddbmm_", "aten::mm",
+                                                  "aten::baddbmm"),
          "gathers (cat/stack)": ("aten::cat",), "copies": ("aten::copy_", "aten::clone")}
 print("| case | threads | backend | total ms | " + " | ".join(steps) + " | rest |")
 print("|---" * (5 + len(steps)) + "|")
