@@ -1,17 +1,19 @@
-"""Per-step breakdown (torch.profiler self CPU time per forward+backward) of fourier vs torch.
+"""Per-step breakdown (torch.profiler self CPU time per forward+backward) of fourier vs torch, as a
+markdown table (bench/results/fourier-*/breakdown.md).
 
-    python bench/results/fourier-2026-11-30-v2/breakdown.py C4:32:1,C8:32:1   (group:channels:threads)
+    python bench/fourier_breakdown.py C4:32:1,C8:32:1   (group:channels:threads)
 """
 import os
 import sys
 
 import torch
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))   # bench/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/
 from fourier_group_conv import op_callable
 from torch.profiler import profile
 cases = [c.split(":") for c in sys.argv[1].split(",")]
 steps = {"convolution forward": ("aten::mkldnn_convolution",), "convolution backward": ("aten::convolution_backward",),
-         "group-axis mixes (bmm/baddbmm/mm)": ("aten::bmm", "aten::baddbmm_", "aten::mm", "aten::baddbmm"),
+         "group-axis mixes (group_mix; bmm/mm)": ("equifast_C::group_mix", "aten::bmm", "aten::baddbmm_", "aten::mm",
+                                                  "aten::baddbmm"),
          "gathers (cat/stack)": ("aten::cat",), "copies": ("aten::copy_", "aten::clone")}
 print("| case | threads | backend | total ms | " + " | ".join(steps) + " | rest |")
 print("|---" * (5 + len(steps)) + "|")
