@@ -29,7 +29,8 @@ import torch
 from .._layout import empty_grads
 from ..groups import TableCache, affine_pixel_table
 
-__all__ = ["load", "is_loaded", "cuda_compiled", "compiled_ops", "lift_tables", "group_tables", "pixel_table"]
+__all__ = ["load", "is_loaded", "has_kernel", "cuda_compiled", "compiled_ops", "lift_tables", "group_tables",
+           "pixel_table"]
 
 _LOCK = threading.Lock()
 _state: Optional[Tuple[bool, str]] = None
@@ -61,11 +62,17 @@ def is_loaded() -> bool:
     return _state is not None and _state[0]
 
 
-def cuda_compiled() -> bool:
-    """True when ``equifast._C`` was built with its CUDA kernels."""
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """True when ``equifast._C`` loads and registers a ``dispatch_key`` ("CPU", "CUDA") kernel for
+    ``equifast_C::op``."""
     if not load()[0]:
         return False
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key("equifast_C::lift_conv", "CUDA"))
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"equifast_C::{op}", dispatch_key))
+
+
+def cuda_compiled() -> bool:
+    """True when ``equifast._C`` was built with its CUDA kernels."""
+    return has_kernel("lift_conv", "CUDA")
 
 
 def compiled_ops():

@@ -178,9 +178,8 @@ def _compiled_mix():
     (looked up once, on first use)."""
     global _COMPILED_MIX
     if _COMPILED_MIX is None:
-        from .. import _compiled
-        _COMPILED_MIX = bool(_compiled.load()[0]) and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "equifast_C::group_mix", "CPU")
+        from .._compiled import has_kernel
+        _COMPILED_MIX = has_kernel("group_mix", "CPU")
     return torch.ops.equifast_C.group_mix if _COMPILED_MIX else None
 
 
