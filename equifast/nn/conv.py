@@ -102,11 +102,12 @@ class _DenseConv:
     weight reorder ``F.conv2d`` repeats on every call (noticeable at batch 1, where a call is short).
     Everything else runs ``F.conv2d`` on the bank (the same values to float rounding; tests/test_nn.py)."""
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation):
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, pack: bool = True):
         self.weight, self.bias = weight, bias
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.packed = None
-        ops = _onednn_pointwise() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
+        cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        ops = _onednn_pointwise() if pack and cpu32 else None
         if ops is not None:
             reorder, self._run = ops
             try:
@@ -326,7 +327,8 @@ class LiftConv2d(_GroupConvBase):
         ops = _plain.image_ops(self.group)
         if ops is None:
             return None                               # interpolated views: the op
-        return (_DenseConv(self.weight.detach(), bias, self.stride, pad2, self.dilation),
+        # the stacked views it convolves are contiguous, never channels_last: no blocked bank
+        return (_DenseConv(self.weight.detach(), bias, self.stride, pad2, self.dilation, pack=False),
                 tuple(ops[i] for i in self.group.inverse))
 
     def _fast_forward(self, x: Tensor, path: str, operands) -> Tensor:
