@@ -197,6 +197,45 @@ def test_chunked_units_match_reference(monkeypatch, rows):
         _assert_matches_reference(s, w, b, group=name, stride=2, padding=(1, 2, 0, 1))
 
 
+@pytest.mark.parametrize("images", [1, 2])
+@pytest.mark.parametrize("name", ["C16", "fourier-S3"])
+def test_batch_slices_match_reference(monkeypatch, images, name):
+    """Grouped runs over batch slices (of one image each, or of two and one) write every slice of the
+    output and input gradient and sum the weight gradient over the slices."""
+    from equifast.backends.fourier import group_conv as fgc
+    monkeypatch.setattr(fgc, "MODE", "grouped")
+    units = fgc._units(groups.get(name), "cpu", torch.float64)
+    B, image_bytes = 5, 3 * 6 * 6 * 8                     # a row of one image: 3 channels, 6x6, float64
+    monkeypatch.setattr(fgc, "SLICE_BYTES", images * units.max_rows(True) * image_bytes)
+    parts = fgc.slices(B, units, True, image_bytes)
+    assert [p.stop - p.start for p in parts] == ([1] * 5 if images == 1 else [2, 1, 2]) and parts[0].start == 0
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:])) and parts[-1].stop == B
+    assert fgc.slices(B, units, False, image_bytes) == [slice(0, B)]     # one conv per unit: whole batch
+    seen = []
+    for step in ("_forward_slice", "_backward_slice"):
+        real = getattr(fgc, step)
+        monkeypatch.setattr(fgc, step, lambda s, *a, _real=real, _step=step: (seen.append((_step, len(s))),
+                                                                               _real(s, *a))[1])
+    s, w, b = make_problem("group_conv", name, B=B, C_in=3, C_out=2, H=6)     # the output is smaller
+    _assert_matches_reference(s, w, b, group=name, stride=(2, 1), padding=(1, 2, 0, 1))
+    sizes = [p.stop - p.start for p in parts]
+    assert seen == [("_forward_slice", k) for k in sizes] + [("_backward_slice", k) for k in sizes]
+
+
+def test_batch_slices_low_precision(monkeypatch):
+    """bfloat16 through sliced grouped runs: the weight gradient's slices are summed in float32."""
+    from equifast.backends.fourier import group_conv as fgc
+    monkeypatch.setattr(fgc, "MODE", "grouped")
+    s, w, b = make_problem("group_conv", "C16", B=4, C_in=4, C_out=4, H=8, dtype=torch.bfloat16)
+    whole = forward_backward("group_conv", s, w, b, group="C16", padding=1, backend="fourier")
+    monkeypatch.setattr(fgc, "SLICE_BYTES", 1)
+    sliced = forward_backward("group_conv", s, w, b, group="C16", padding=1, backend="fourier")
+    ref = forward_backward("group_conv", s.float(), w.float(), b.float(), group="C16", padding=1, backend="reference")
+    for got, base, r in zip((sliced[0],) + sliced[1], (whole[0],) + whole[1], (ref[0],) + ref[1]):
+        assert got.dtype == torch.bfloat16
+        assert max_err(got, r) <= 1.5 * max_err(base, r) + 1e-3
+
+
 def test_field_major_input_and_no_bias():
     s, w, _ = make_problem("group_conv", "C8", B=2, C_in=3, C_out=2, H=6)
     _assert_matches_reference(s.transpose(1, 2).contiguous().transpose(1, 2), w, None, group="C8", padding=1)

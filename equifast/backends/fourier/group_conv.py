@@ -24,7 +24,8 @@ One convolution per unit rather than one grouped convolution over many: oneDNN's
 convolutions were measured slower per FLOP on CPU (their backward 1.5-1.7x at 2-3 groups in a quiet
 microbenchmark). The exception (``grouped``): groups with more than 16 one-dimensional units (C16)
 run them as grouped convolutions over runs of at most n/2 rows, mixed batch-major as [B, R, C, H, W]
-(a third of the calls).
+(a third of the calls), one batch slice after the other, each slice's rows within ``SLICE_BYTES``
+(``slices``: small blocks are reused by the allocator, large ones are faulted in again every time).
 
 Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW rows [R, B, C, H, W] (planes
 [B, C*H*W]); a channels_last stack (memory B, H, W, n, C) gives NHWC rows [R, B, H, W, C] (planes
@@ -95,6 +96,10 @@ class Units:
     @property
     def all(self) -> Tuple[Unit, ...]:
         return tuple(u for c in self.chunks for u in c.units) + self.blocks
+
+    def max_rows(self, in_groups: bool) -> int:
+        """The most rows one step mixes at once (a chunk, a run or a block)."""
+        return max([len(c.units) for c in (self.runs if in_groups else self.chunks)] + [u.d for u in self.blocks])
 
 
 def CHUNK_ROWS(n: int) -> int:   # noqa: N802 (a tuning constant of the group order)
@@ -300,19 +305,26 @@ class _Rows:
 
 
 class _Stack:
-    """Accumulates Σ_r T[g, r] Y_r into a stack [B, n, C, H, W] of ``dtype`` in the rows' layout (each
-    addition one ``mix`` reading the images where they are; the stack is allocated at the first)."""
+    """A stack [B, n, C, H, W] of ``dtype`` in the rows' layout, written one batch slice after the
+    other (``begin``): the first addition to a slice writes it, the next ones add; each addition one
+    ``mix`` reading the images where they are. The stack is allocated at the first addition, after
+    the first rows are freed (their memory is taken again rather than new pages)."""
 
     def __init__(self, n: int, shape, dtype, channels_last: bool, device):
         self.n, self.shape, self.dtype, self.cl, self.device = n, shape, dtype, channels_last, device
-        self.stack, self.planes = None, None
+        self.stack, self.part, self.planes = None, slice(None), None
+
+    def begin(self, part: slice) -> None:
+        """The next additions go to the batch slice ``part``."""
+        self.part, self.planes = part, None
 
     def _add(self, T, planes):
-        started = self.stack is not None
+        started = self.planes is not None
         if not started:
-            B, C, H, W = self.shape
-            self.stack = empty_stack((B, self.n, C, H, W), self.cl, dtype=self.dtype, device=self.device)
-            self.planes = stack_planes(self.stack, self.cl)
+            if self.stack is None:
+                B, C, H, W = self.shape
+                self.stack = empty_stack((B, self.n, C, H, W), self.cl, dtype=self.dtype, device=self.device)
+            self.planes = stack_planes(self.stack[self.part], self.cl)    # views: contiguous batch slices
         mix(T, planes, self.planes, started)
 
     def add_rows(self, T: torch.Tensor, images: List[torch.Tensor]) -> None:
@@ -326,7 +338,7 @@ class _Stack:
         self._add(T, image_planes(image, self.cl, T.shape[1]))
 
     def result(self) -> torch.Tensor:
-        if self.stack is None:
+        if self.stack is None:      # nothing added (no units)
             B, C, H, W = self.shape
             return torch.zeros(B, self.n, C, H, W, dtype=self.dtype, device=self.device)
         return self.stack
@@ -418,6 +430,26 @@ def forward_prepared(s: torch.Tensor, prepared: Prepared, bias: Optional[torch.T
         return _forward(s, prepared, bias, plan)
 
 
+SLICE_BYTES = 4 << 20     # the rows of one grouped run for one batch slice (``slices``)
+
+
+def slices(B: int, units: Units, in_groups: bool, image_bytes: int) -> List[slice]:
+    """The batch slices a forward or backward works on, one after the other (``image_bytes``: one
+    row of one image, the larger of input and output).
+
+    Grouped runs take slices of about equal size whose rows (a run's mixed input, or its output) stay
+    within ``SLICE_BYTES``: without them, C16 at 32 channels and batch 8 mixes 8 MiB rows per run,
+    and glibc hands such freed blocks back to the kernel between runs (heap trim, munmap), so that
+    every run faulted its pages in again; a third of the backward's time on this CPU
+    (bench/results/fourier-2026-11-30-v4). One conv per unit takes the whole batch: slices multiply
+    its calls, measured 7-13% slower for C4 and C8."""
+    if not in_groups:
+        return [slice(0, B)]
+    count = max(1, min(B, -(-B * units.max_rows(in_groups) * image_bytes // SLICE_BYTES)))
+    bounds = [round(i * B / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def _forward(s, prepared, bias, plan):
     units, hats = prepared.units, prepared.hats
     mix_dtype, conv_dtype = units.t_w.dtype, hats[0].dtype
@@ -428,9 +460,19 @@ def _forward(s, prepared, bias, plan):
         return s.new_zeros(0, n, C_out, Ho, Wo)
     cl = is_channels_last(s)
     in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
-    rows = _Rows(s, cl)
-    out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl, s.device)
     bias = None if bias is None else bias.to(mix_dtype)
+    out = _Stack(n, (B, C_out, Ho, Wo), mix_dtype, cl, s.device)
+    for part in slices(B, units, in_groups, max(C_in * H * W, C_out * Ho * Wo) * hats[0].element_size()):
+        out.begin(part)
+        _forward_slice(s[part], out, units, hats, bias, plan, cl, in_groups)
+    return out.result().to(s.dtype)
+
+
+def _forward_slice(s, out, units, hats, bias, plan, cl, in_groups):
+    """The forward of one batch slice ``s``, added to ``out`` (a ``_Stack`` begun at that slice)."""
+    conv_dtype = hats[0].dtype
+    C_out = out.shape[1]
+    rows = _Rows(s, cl)
     k = 0
     for run in units.runs if in_groups else ():
         R = len(run.units)
@@ -449,7 +491,7 @@ def _forward(s, prepared, bias, plan):
         for r, u in enumerate(chunk.units):
             Ys.append(_conv(rows.image(U, r), hats[k], _bias(u, bias, conv_dtype), plan))
             k += 1
-        del U                                   # peak memory: the rows go before the output stack comes
+        del U                                   # peak memory: the rows go before the mix
         out.add_rows(chunk.t_out, Ys)
         del Ys
     for u in units.blocks:
@@ -457,7 +499,6 @@ def _forward(s, prepared, bias, plan):
         k += 1
         out.add_block(u.t_out, Y)
         del Y
-    return out.result().to(s.dtype)
 
 
 def _backward(grad_out, s, weight, plan, output_mask):
@@ -474,8 +515,26 @@ def _backward(grad_out, s, weight, plan, output_mask):
     hats = transformed_weights(weight, units, conv_dtype)
     cl = is_channels_last(s)
     in_groups = grouped(units) and not cl       # grouped convolutions read batch-major contiguous rows
+    grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl, s.device) if need_x else None
+    g_hats = None
+    for part in slices(B, units, in_groups, max(C_in * H * W, C_out * Ho * Wo) * hats[0].element_size()):
+        if need_x:
+            grad.begin(part)
+        g = _backward_slice(grad_out[part], s[part], grad, units, hats, plan, cl, in_groups, need_w)
+        g_hats = [x.to(mix_dtype) for x in g] if g_hats is None else [a.add_(b) for a, b in zip(g_hats, g)]
+    gs = grad.result().to(s.dtype) if need_x else None
+    gw = weight_grad(units, g_hats, weight.shape).to(weight.dtype) if need_w else None
+    return gs, gw, None
+
+
+def _backward_slice(grad_out, s, grad, units, hats, plan, cl, in_groups, need_w):
+    """The backward of one batch slice: adds its grad_s to ``grad`` (a ``_Stack`` begun at that slice;
+    None: not needed) and returns its gŴ of every unit (none unless ``need_w``)."""
+    conv_dtype = hats[0].dtype
+    C_out, C_in = grad_out.shape[2], s.shape[2]
+    kh, kw = hats[0].shape[-2:]
+    need_x = grad is not None
     rows_s, rows_g = _Rows(s, cl), _Rows(grad_out, cl)
-    grad = _Stack(n, (B, C_in, H, W), mix_dtype, cl, s.device)
     g_hats, k = [], 0
     for run in units.runs if in_groups else ():
         R = len(run.units)
@@ -517,6 +576,6 @@ def _backward(grad_out, s, weight, plan, output_mask):
             grad.add_block(u.t_in.t(), gU)
             del gU
         k += 1
-    gs = grad.result().to(s.dtype) if need_x else None
-    gw = weight_grad(units, g_hats, weight.shape).to(weight.dtype) if need_w else None
-    return gs, gw, None
+    return g_hats
+
+
