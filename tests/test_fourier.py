@@ -185,13 +185,27 @@ def test_both_mix_implementations_match_reference(monkeypatch, mix, name):
     assert bool(calls) == (mix == "auto")
 
 
+def test_every_unit_is_in_one_chunk_by_default():
+    """One mix in and one mix out per step: the 1-d units and the blocks of D_n and custom groups share
+    one chunk (rows = Σ d = n, or 3n/2 for C_n's three-row complex units)."""
+    from equifast.backends.fourier import group_conv as fgc
+    for name, dims in (("C8", [1] * 11), ("D4", [1] * 4 + [2, 2]), ("fourier-S3", [1, 1, 2, 2])):
+        units = fgc._units(groups.get(name), "cpu", torch.float64)
+        assert [[u.d for u in c.units] for c in units.chunks] == [dims]
+        assert units.chunks[0].t_in.shape == (sum(dims), groups.get(name).order)
+        assert units.max_rows(False) == sum(dims)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_chunked_units_match_reference(monkeypatch, rows):
-    """1-d units mixed in several chunks (C_n and D_n fit one chunk by default; large custom groups do not)."""
+    """Units mixed in several chunks of at most ``rows`` rows (a 2-d unit on its own when rows = 1, with
+    a 1-d unit when rows = 3)."""
     from equifast.backends.fourier import group_conv as fgc
     monkeypatch.setattr(fgc, "CHUNK_ROWS", lambda n: rows)
     monkeypatch.setattr(fgc, "_UNITS", {})
     assert len(fgc._units(groups.get("C8"), "cpu", torch.float64).chunks) == -(-11 // rows)
+    d4 = [[u.d for u in c.units] for c in fgc._units(groups.get("D4"), "cpu", torch.float64).chunks]
+    assert d4 == ([[1]] * 4 + [[2], [2]] if rows == 1 else [[1, 1, 1], [1, 2], [2]])
     for name in ("C8", "D4"):
         s, w, b = make_problem("group_conv", name, B=2, C_in=3, C_out=2, H=6)
         _assert_matches_reference(s, w, b, group=name, stride=2, padding=(1, 2, 0, 1))

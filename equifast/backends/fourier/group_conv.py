@@ -2,11 +2,12 @@
 *unit*, a unit being one copy of an irreducible (dimension d) with its d x d matrix Ŵ of
 C_out x C_in filters (C_n's complex frequencies are three 1-d units each: ``basis.cyclic``).
 
-The stack is mixed into rows, U[r] = Σ_g t_in[r, g] s[:, g], stored row-major as [R, B, C, H, W], so
-that each row is a dense batch of images for its convolution without a copy. The 1-d units are taken
-in chunks of at most 2n rows (``CHUNK_ROWS``: all of C_n's and D_n's in one chunk):
+The stack is mixed into rows, U[r] = Σ_g t_in[r, g] s[:, g]: every unit gets one dense image
+[B, d*C, H, W] (its d rows the channel blocks), the images of a chunk one after the other in one
+buffer, so that each is the input of its convolution without a copy. The units are taken in chunks of
+at most 2n rows (``CHUNK_ROWS``: every unit of every group in one chunk, 1-d units and blocks):
 
-    U = t_in ·_g s                       one mix per chunk                          [R, B, C_in, H, W]
+    U = t_in ·_g s                       one mix per chunk                          [B, d*C_in, H, W] per unit
     Ŵ_k = t_w_k ·_h w                    all units in one small product             [d*C_out, d*C_in, kh, kw]
     Y_k = conv2d(U_k, Ŵ_k)               one call per unit, the only heavy step     [B, d*C_out, H', W']
     out += t_out ·_r Y                   one mix per chunk, reading every Y_k where it is  [B, n, C_out, H', W']
@@ -15,8 +16,7 @@ A mix (``mix``) applies a small matrix across planes [P, Q] (the copies of a sta
 convolution outputs, each a view): on CPU one pass of the compiled kernel ``equifast_C::group_mix``
 (no gathering copy, results written in place in their final layout), elsewhere plain PyTorch.
 
-A unit of dimension d > 1 (D_n's 2-d irreducibles, custom groups) is mixed on its own as
-[B, d, C, H, W]. The bias enters the trivial representation's unit as its conv's bias.
+The bias enters the trivial representation's unit as its conv's bias.
 backward, with the same matrices transposed (no recomputed forward, no autograd), per chunk:
     gY = t_outᵀ ·_g grad_out;  gŴ_k = conv_weight_grad(gY_k, U_k) for every unit, then U is freed;
     gU_k = conv_input_grad(gY_k, Ŵ_k);  grad_s += t_inᵀ ·_r gU;  at the end grad_w = t_wᵀ ·_k gŴ
@@ -80,7 +80,7 @@ class Unit:
 
 @dataclass(frozen=True)
 class Chunk:
-    """1-d units whose rows are mixed together: t_in [R, n], t_out [n, R]."""
+    """Units whose rows are mixed together (R = Σ d rows): t_in [R, n], t_out [n, R]."""
     units: Tuple[Unit, ...]
     t_in: torch.Tensor
     t_out: torch.Tensor
@@ -88,25 +88,27 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Units:
-    chunks: Tuple[Chunk, ...]       # the 1-d units, in chunks of at most CHUNK_ROWS(n) rows
-    runs: Tuple[Chunk, ...]         # the same units in runs of at most RUN_ROWS(n) rows (grouped convs)
-    blocks: Tuple[Unit, ...]        # the units of dimension d > 1
+    chunks: Tuple[Chunk, ...]       # every unit (the 1-d ones first), in chunks of at most CHUNK_ROWS(n) rows
+    runs: Tuple[Chunk, ...]         # the 1-d units in runs of at most RUN_ROWS(n) rows (grouped convs)
+    blocks: Tuple[Unit, ...]        # the units of dimension d > 1 (each on its own next to the runs)
     t_w: torch.Tensor               # [Σ d², n]: every unit's t_w, in the order of ``all``
 
     @property
     def all(self) -> Tuple[Unit, ...]:
-        return tuple(u for c in self.chunks for u in c.units) + self.blocks
+        """Every unit: the 1-d ones, then the blocks (the order of the chunks, and of runs then blocks)."""
+        return tuple(u for c in self.chunks for u in c.units)
 
     def max_rows(self, in_groups: bool) -> int:
-        """The most rows one step mixes at once (a chunk, a run or a block)."""
-        return max([len(c.units) for c in (self.runs if in_groups else self.chunks)] + [u.d for u in self.blocks])
+        """The most rows one step mixes at once (a chunk, or a run or a block)."""
+        if in_groups:
+            return max([len(c.units) for c in self.runs] + [u.d for u in self.blocks])
+        return max(c.t_in.shape[0] for c in self.chunks)
 
 
 def CHUNK_ROWS(n: int) -> int:   # noqa: N802 (a tuning constant of the group order)
-    """Rows of 1-d units mixed and convolved together: at most 2n, which takes every 1-d unit of C_n and
-    D_n in one chunk (fewest passes over the stack) and keeps the peak memory of a forward+backward
-    below the dense bank's (bench/fourier_group_conv.py, memory section); larger custom groups with
-    many 1-d irreducibles are split."""
+    """Rows mixed and convolved together: at most 2n, which takes every unit of every group in one
+    chunk (a basis has n rows, C_n's three-row complex units 3n/2 at most): one pass over the stack in,
+    one out. Smaller chunks (tests) split the units, a unit never."""
     return max(1, 2 * n)
 
 
@@ -128,14 +130,30 @@ def grouped(units: "Units") -> bool:
     and two threads; C4 (5) and D4 (4) within noise at one thread, one conv per unit ahead for C4."""
     if MODE != "auto":
         return MODE == "grouped"
-    return sum(len(c.units) for c in units.chunks) > GROUPED_FROM_UNITS
+    return sum(len(r.units) for r in units.runs) > GROUPED_FROM_UNITS
+
+
+def _chunk(units) -> Chunk:
+    return Chunk(tuple(units), torch.cat([u.t_in for u in units]), torch.cat([u.t_out for u in units], 1))
 
 
 def _split(flat, rows):
+    """1-d units in runs of about equal size, at most ``rows`` each."""
     count = -(-len(flat) // rows)
     bounds = [round(i * len(flat) / count) for i in range(count + 1)] if count else [0]
-    return tuple(Chunk(tuple(flat[a:b]), torch.cat([u.t_in for u in flat[a:b]]),
-                       torch.cat([u.t_out for u in flat[a:b]], 1)) for a, b in zip(bounds, bounds[1:]))
+    return tuple(_chunk(flat[a:b]) for a, b in zip(bounds, bounds[1:]))
+
+
+def _fill(units, rows):
+    """Units in order, in chunks of at most ``rows`` rows (a unit of more rows on its own)."""
+    chunks, part, used = [], [], 0
+    for u in units:
+        if part and used + u.d > rows:
+            chunks.append(_chunk(part))
+            part, used = [], 0
+        part.append(u)
+        used += u.d
+    return tuple(chunks + ([_chunk(part)] if part else []))
 
 
 def units_of(b: _basis.Basis) -> List[Unit]:
@@ -164,8 +182,8 @@ def _units(group, device, dtype) -> Units:
                       None if u.bias is None else u.bias.to(device, dtype)) for u in units_of(_basis.get(group))]
         flat = [u for u in units if u.d == 1]
         blocks = tuple(u for u in units if u.d > 1)
-        hit = Units(_split(flat, CHUNK_ROWS(group.order)), _split(flat, RUN_ROWS(group.order)), blocks,
-                    torch.cat([u.t_w for u in flat + list(blocks)]))
+        hit = Units(_fill(flat + list(blocks), CHUNK_ROWS(group.order)), _split(flat, RUN_ROWS(group.order)),
+                    blocks, torch.cat([u.t_w for u in flat + list(blocks)]))
         with _LOCK:
             _UNITS[key] = hit
     return hit
@@ -266,29 +284,31 @@ def weight_grad(units: Units, g_hats: List[torch.Tensor], shape) -> torch.Tensor
 # The two layouts of the rows: contiguous stacks give NCHW rows, channels_last stacks NHWC rows
 # ---------------------------------------------------------------------------------------------
 class _Rows:
-    """A stack [B, n, C, H, W] read as rows for the convolutions, in the layout of the stack:
-    contiguous -> rows [R, B, C, H, W], channels_last (memory B, H, W, n, C) -> rows [R, B, H, W, C],
-    each one ``mix`` of the stack's copies, so that every row is a dense image in the stack's layout."""
+    """A stack [B, n, C, H, W] read as rows for the convolutions, in the layout of the stack: each
+    unit of dimension d gets one dense image [B, d*C, H, W] (contiguous, or channels_last for a
+    channels_last stack, memory B, H, W, n, C), its d rows the channel blocks (a, c), and one ``mix``
+    of the stack's copies writes the images of a whole chunk (one buffer, the images one after the
+    other)."""
 
     def __init__(self, s: torch.Tensor, channels_last: bool):
         B, n, C, H, W = s.shape
         self.shape, self.cl, self.device = (B, C, H, W), channels_last, s.device
         self.planes = stack_planes(s, channels_last)
 
-    def rows(self, T: torch.Tensor, dtype) -> torch.Tensor:
-        """[R, ...] in ``dtype``: row r an image [B, C, H, W] through ``image``."""
+    def images(self, chunk: Chunk, T: torch.Tensor, dtype) -> List[torch.Tensor]:
+        """The image [B, d*C, H, W] in ``dtype`` of every unit of ``chunk``, rows T [R, n] (its t_in, or
+        its t_out transposed)."""
         B, C, H, W = self.shape
-        R = T.shape[0]
-        if self.cl:
-            out = torch.empty(R, B, H, W, C, dtype=dtype, device=self.device)
-            mix(T, self.planes, list(out.view(R, B * H * W, C).unbind(0)))
-        else:
-            out = torch.empty(R, B, C, H, W, dtype=dtype, device=self.device)
-            mix(T, self.planes, list(out.view(R, B, -1).unbind(0)))
-        return out
-
-    def image(self, rows: torch.Tensor, r: int) -> torch.Tensor:
-        return rows[r].permute(0, 3, 1, 2) if self.cl else rows[r]
+        buf = torch.empty(T.shape[0] * B * C * H * W, dtype=dtype, device=self.device)
+        images, planes, start = [], [], 0
+        for u in chunk.units:
+            part = buf[start:start + B * u.d * C * H * W]
+            start += part.numel()
+            image = part.view(B, H, W, u.d * C).permute(0, 3, 1, 2) if self.cl else part.view(B, u.d * C, H, W)
+            images.append(image)
+            planes += image_planes(image, self.cl, u.d)
+        mix(T, self.planes, planes)
+        return images
 
     def block(self, T: torch.Tensor, dtype) -> torch.Tensor:
         """The rows of T [d, n] as one image [B, d*C, H, W] in ``dtype`` (channels (a, c))."""
@@ -327,9 +347,9 @@ class _Stack:
             self.planes = stack_planes(self.stack[self.part], self.cl)    # views: contiguous batch slices
         mix(T, planes, self.planes, started)
 
-    def add_rows(self, T: torch.Tensor, images: List[torch.Tensor]) -> None:
-        """Adds Σ_r T[:, r] images[r] (T [n, R], images [B, C, H, W]); empties ``images``."""
-        planes = [p for y in images for p in image_planes(y, self.cl)]
+    def add_images(self, chunk: Chunk, T: torch.Tensor, images: List[torch.Tensor]) -> None:
+        """Adds T [n, R] applied to the rows of the units' images [B, d*C, H, W]; empties ``images``."""
+        planes = [p for u, y in zip(chunk.units, images) for p in image_planes(y, self.cl, u.d)]
         images.clear()
         self._add(T, planes)
 
@@ -485,20 +505,20 @@ def _forward_slice(s, out, units, hats, bias, plan, cl, in_groups):
         k += R
         out.add_block(run.t_out, Y)             # R 1-d rows, batch-major: the same product
         del Y
-    for chunk in () if in_groups else units.chunks:
-        U = rows.rows(chunk.t_in, conv_dtype)
-        Ys = []
-        for r, u in enumerate(chunk.units):
-            Ys.append(_conv(rows.image(U, r), hats[k], _bias(u, bias, conv_dtype), plan))
-            k += 1
-        del U                                   # peak memory: the rows go before the mix
-        out.add_rows(chunk.t_out, Ys)
-        del Ys
-    for u in units.blocks:
+    for u in units.blocks if in_groups else ():
         Y = _conv(rows.block(u.t_in, conv_dtype), hats[k], _bias(u, bias, conv_dtype), plan)
         k += 1
         out.add_block(u.t_out, Y)
         del Y
+    for chunk in () if in_groups else units.chunks:
+        Us = rows.images(chunk, chunk.t_in, conv_dtype)
+        Ys = []
+        for u, U in zip(chunk.units, Us):
+            Ys.append(_conv(U, hats[k], _bias(u, bias, conv_dtype), plan))
+            k += 1
+        del Us                                  # peak memory: the rows go before the mix
+        out.add_images(chunk, chunk.t_out, Ys)
+        del Ys
 
 
 def _backward(grad_out, s, weight, plan, output_mask):
@@ -550,23 +570,7 @@ def _backward_slice(grad_out, s, grad, units, hats, plan, cl, in_groups, need_w)
             grad.add_block(run.t_in.t(), gU)
             del gU
         k += R
-    # Per chunk: the weight gradients first (then U is freed), then the input gradients.
-    for chunk in () if in_groups else units.chunks:
-        R = len(chunk.units)
-        gY = rows_g.rows(chunk.t_out.t(), conv_dtype)
-        if need_w:
-            U = rows_s.rows(chunk.t_in, conv_dtype)
-            g_hats += [_conv_grad(rows_g.image(gY, r), rows_s.image(U, r), hats[k + r], plan, "weight")
-                       for r in range(R)]
-            del U
-        if need_x:
-            holder = rows_s.empty_image(C_in, conv_dtype)
-            gUs = [_conv_grad(rows_g.image(gY, r), holder, hats[k + r], plan, "input") for r in range(R)]
-            del gY, holder
-            grad.add_rows(chunk.t_in.t(), gUs)
-            del gUs
-        k += R
-    for u in units.blocks:
+    for u in units.blocks if in_groups else ():
         gY = rows_g.block(u.t_out.t(), conv_dtype)
         if need_w:
             g_hats.append(_conv_grad(gY, rows_s.block(u.t_in, conv_dtype), hats[k], plan, "weight"))
@@ -576,6 +580,22 @@ def _backward_slice(grad_out, s, grad, units, hats, plan, cl, in_groups, need_w)
             grad.add_block(u.t_in.t(), gU)
             del gU
         k += 1
+    # Per chunk: the weight gradients first (then the inputs' images are freed), then the input gradients.
+    for chunk in () if in_groups else units.chunks:
+        R = len(chunk.units)
+        gYs = rows_g.images(chunk, chunk.t_out.t(), conv_dtype)
+        if need_w:
+            Us = rows_s.images(chunk, chunk.t_in, conv_dtype)
+            g_hats += [_conv_grad(gY, U, hats[k + r], plan, "weight") for r, (gY, U) in enumerate(zip(gYs, Us))]
+            del Us
+        if need_x:
+            holders = {d: rows_s.empty_image(d * C_in, conv_dtype) for d in {u.d for u in chunk.units}}
+            gUs = [_conv_grad(gY, holders[u.d], hats[k + r], plan, "input")
+                   for r, (u, gY) in enumerate(zip(chunk.units, gYs))]
+            del gYs, holders
+            grad.add_images(chunk, chunk.t_in.t(), gUs)
+            del gUs
+        k += R
     return g_hats
 
 
