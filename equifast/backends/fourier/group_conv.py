@@ -27,10 +27,10 @@ run them as grouped convolutions over runs of at most n/2 rows, mixed batch-majo
 (a third of the calls), one batch slice after the other, each slice's rows within ``SLICE_BYTES``
 (``slices``: small blocks are reused by the allocator, large ones are faulted in again every time).
 
-Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW rows [R, B, C, H, W] (planes
-[B, C*H*W]); a channels_last stack (memory B, H, W, n, C) gives NHWC rows [R, B, H, W, C] (planes
-[B*H*W, C], read without a copy), channels_last images for channels_last convolutions; outputs and
-gradients come back in the stack's layout (grouped convolutions read contiguous stacks only).
+Layouts (``_Rows``, ``_Stack``): a contiguous stack gives NCHW unit images (planes [B, C*H*W]); a
+channels_last stack (memory B, H, W, n, C) gives NHWC unit images (planes [B*H*W, C], read without a
+copy) for channels_last convolutions; outputs and gradients come back in the stack's layout (grouped
+convolutions read contiguous stacks only).
 
 Precision: float32/float64 compute in their own dtype. bfloat16 (and float16 off CPU) mixes in
 float32 and convolves in its own dtype (U, Ŵ and Y are rounded to it); float16 on CPU runs in float32
@@ -281,7 +281,7 @@ def weight_grad(units: Units, g_hats: List[torch.Tensor], shape) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
-# The two layouts of the rows: contiguous stacks give NCHW rows, channels_last stacks NHWC rows
+# The two layouts: contiguous stacks give NCHW unit images, channels_last stacks NHWC ones
 # ---------------------------------------------------------------------------------------------
 class _Rows:
     """A stack [B, n, C, H, W] read as rows for the convolutions, in the layout of the stack: each
