@@ -85,6 +85,10 @@ class Chunk:
     t_in: torch.Tensor
     t_out: torch.Tensor
 
+    @property
+    def dims(self) -> List[int]:
+        return [u.d for u in self.units]
+
 
 @dataclass(frozen=True)
 class Units:
@@ -295,26 +299,24 @@ class _Rows:
         self.shape, self.cl, self.device = (B, C, H, W), channels_last, s.device
         self.planes = stack_planes(s, channels_last)
 
-    def images(self, chunk: Chunk, T: torch.Tensor, dtype) -> List[torch.Tensor]:
-        """The image [B, d*C, H, W] in ``dtype`` of every unit of ``chunk``, rows T [R, n] (its t_in, or
-        its t_out transposed)."""
+    def images(self, dims: List[int], T: torch.Tensor, dtype) -> List[torch.Tensor]:
+        """The rows T [Σ dims, n] as one image [B, d*C, H, W] in ``dtype`` per d of ``dims`` (channels
+        (a, c)), the images one after the other in one buffer, written by one mix."""
         B, C, H, W = self.shape
         buf = torch.empty(T.shape[0] * B * C * H * W, dtype=dtype, device=self.device)
         images, planes, start = [], [], 0
-        for u in chunk.units:
-            part = buf[start:start + B * u.d * C * H * W]
+        for d in dims:
+            part = buf[start:start + B * d * C * H * W]
             start += part.numel()
-            image = part.view(B, H, W, u.d * C).permute(0, 3, 1, 2) if self.cl else part.view(B, u.d * C, H, W)
+            image = part.view(B, H, W, d * C).permute(0, 3, 1, 2) if self.cl else part.view(B, d * C, H, W)
             images.append(image)
-            planes += image_planes(image, self.cl, u.d)
+            planes += image_planes(image, self.cl, d)
         mix(T, self.planes, planes)
         return images
 
     def block(self, T: torch.Tensor, dtype) -> torch.Tensor:
         """The rows of T [d, n] as one image [B, d*C, H, W] in ``dtype`` (channels (a, c))."""
-        out = self.empty_image(T.shape[0] * self.shape[1], dtype)
-        mix(T, self.planes, image_planes(out, self.cl, T.shape[0]))
-        return out
+        return self.images([T.shape[0]], T, dtype)[0]
 
     def empty_image(self, C: int, dtype) -> torch.Tensor:
         """An uninitialised image [B, C, H, W] in the rows' layout (its shape for an input gradient)."""
@@ -347,15 +349,16 @@ class _Stack:
             self.planes = stack_planes(self.stack[self.part], self.cl)    # views: contiguous batch slices
         mix(T, planes, self.planes, started)
 
-    def add_images(self, chunk: Chunk, T: torch.Tensor, images: List[torch.Tensor]) -> None:
-        """Adds T [n, R] applied to the rows of the units' images [B, d*C, H, W]; empties ``images``."""
-        planes = [p for u, y in zip(chunk.units, images) for p in image_planes(y, self.cl, u.d)]
+    def add_images(self, dims: List[int], T: torch.Tensor, images: List[torch.Tensor]) -> None:
+        """Adds T [n, Σ dims] applied to the rows of the images [B, d*C, H, W] (one per d of ``dims``);
+        empties ``images``."""
+        planes = [p for d, y in zip(dims, images) for p in image_planes(y, self.cl, d)]
         images.clear()
         self._add(T, planes)
 
     def add_block(self, T: torch.Tensor, image: torch.Tensor) -> None:
         """Adds T [n, d] applied to the d row-blocks of image [B, d*C, H, W]."""
-        self._add(T, image_planes(image, self.cl, T.shape[1]))
+        self.add_images([T.shape[1]], T, [image])
 
     def result(self) -> torch.Tensor:
         if self.stack is None:      # nothing added (no units)
@@ -511,13 +514,13 @@ def _forward_slice(s, out, units, hats, bias, plan, cl, in_groups):
         out.add_block(u.t_out, Y)
         del Y
     for chunk in () if in_groups else units.chunks:
-        Us = rows.images(chunk, chunk.t_in, conv_dtype)
+        Us = rows.images(chunk.dims, chunk.t_in, conv_dtype)
         Ys = []
         for u, U in zip(chunk.units, Us):
             Ys.append(_conv(U, hats[k], _bias(u, bias, conv_dtype), plan))
             k += 1
         del Us                                  # peak memory: the rows go before the mix
-        out.add_images(chunk, chunk.t_out, Ys)
+        out.add_images(chunk.dims, chunk.t_out, Ys)
         del Ys
 
 
@@ -583,17 +586,17 @@ def _backward_slice(grad_out, s, grad, units, hats, plan, cl, in_groups, need_w)
     # Per chunk: the weight gradients first (then the inputs' images are freed), then the input gradients.
     for chunk in () if in_groups else units.chunks:
         R = len(chunk.units)
-        gYs = rows_g.images(chunk, chunk.t_out.t(), conv_dtype)
+        gYs = rows_g.images(chunk.dims, chunk.t_out.t(), conv_dtype)
         if need_w:
-            Us = rows_s.images(chunk, chunk.t_in, conv_dtype)
+            Us = rows_s.images(chunk.dims, chunk.t_in, conv_dtype)
             g_hats += [_conv_grad(gY, U, hats[k + r], plan, "weight") for r, (gY, U) in enumerate(zip(gYs, Us))]
             del Us
         if need_x:
-            holders = {d: rows_s.empty_image(d * C_in, conv_dtype) for d in {u.d for u in chunk.units}}
+            holders = {d: rows_s.empty_image(d * C_in, conv_dtype) for d in set(chunk.dims)}
             gUs = [_conv_grad(gY, holders[u.d], hats[k + r], plan, "input")
                    for r, (u, gY) in enumerate(zip(chunk.units, gYs))]
             del gYs, holders
-            grad.add_images(chunk, chunk.t_in.t(), gUs)
+            grad.add_images(chunk.dims, chunk.t_in.t(), gUs)
             del gUs
         k += R
     return g_hats
