@@ -31,6 +31,7 @@ import time
 import torch
 
 import equifast
+from equifast.benchmark.machine import allocator
 from equifast.benchmark.timing import compare
 
 OP_CASES = [(g, c, b) for g in ("C4", "D4", "C8", "C16") for c, b in ((32, 8), (64, 4))]
@@ -44,7 +45,7 @@ def machine():
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "mkldnn": torch.backends.mkldnn.is_available(), "platform": platform.platform(),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+            "allocator": allocator(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
 
 
 def load():
@@ -99,10 +100,10 @@ def ops(args):
                 for _ in range(args.warmup):
                     fn()
             quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
-            st = compare(fns, "cpu", repeat=args.repeat, budget_s=args.budget)
+            st = compare(fns, "cpu", repeat=args.repeat, budget_s=args.budget, settle=args.settle)
             row = {"group": group, "C": C, "B": B, "HW": 32, "threads": threads, "layout": args.layout,
                    "torch_ms": st["torch"]["median_s"] * 1e3, "fourier_ms": st["fourier"]["median_s"] * 1e3,
-                   "samples": st["torch"]["samples"], "load": load(), "quiet_before": quiet,
+                   "samples": st["torch"]["samples"], "settle": args.settle, "load": load(), "quiet_before": quiet,
                    "running_after": running_tasks()}
             row["speedup"] = row["torch_ms"] / row["fourier_ms"]
             rows.append(row)
@@ -225,9 +226,13 @@ def summary(results, meta):
     lines = ["# fourier vs torch backend (CPU)", "", f"- command: `{meta['command']}`",
              f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: load averages recorded "
              f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}",
+             f"- allocator: {meta.get('allocator', 'not recorded')}",
              "- GPU: none (CPU-only machine; the CUDA ratios asked for are not measured)", ""]
     if "ops" in results:
+        settle = results["ops"][0].get("settle", 0) if results["ops"] else 0
         lines += ["## group_conv forward+backward, float32, 32x32, 3x3 (medians, interleaved)", "",
+                  f"Each sample follows {settle} untimed call(s) of the same contender" if settle else
+                  "Each sample follows the other contender's call (no settling calls)", "",
                   "| group | C_in->C_out | B | threads | torch ms | fourier ms | speedup | load (1 min) | "
                   "quiet before | runnable after |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -272,6 +277,9 @@ def main():
     p.add_argument("--warmup", type=int, default=0, help="ops: extra untimed calls of each contender per row")
     p.add_argument("--layout", choices=("contiguous", "channels_last"), default="contiguous",
                    help="ops: memory layout of the input stack and of grad_out")
+    p.add_argument("--settle", type=int, default=0,
+                   help="ops: untimed calls of a contender right before each of its samples (0: a sample "
+                        "follows the other contender's call; see equifast.benchmark.timing.compare)")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="ops: before each row wait up to this many seconds for no other runnable task")
     args = p.parse_args()

@@ -7,6 +7,7 @@ which ``equifast.benchmark.compare`` calls its contenders (interleaved, rotated 
 """
 import json
 import math
+import os
 
 import pytest
 
@@ -126,6 +127,17 @@ def test_compare_interleaves_contenders_and_rotates_the_order():
         assert 0 <= s["min_s"] <= s["p20_s"] <= s["median_s"] <= s["p80_s"]
 
 
+def test_compare_settle_calls_each_contender_untimed_right_before_its_sample():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    stats = eb.compare(fns, "cpu", repeat=2, min_sample_s=0.0, settle=2)
+    # warm-up, calibration, then per round and contender: two settling calls and the timed one
+    assert calls == ["a", "b"] * 2 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert all(s["samples"] == 2 and s["inner"] == 1 for s in stats.values())
+    with pytest.raises(ValueError, match="settle"):
+        eb.compare(fns, "cpu", settle=-1)
+
+
 def test_compare_budget_keeps_at_least_three_rounds_and_rejects_bad_input():
     stats = eb.compare({"x": lambda: None}, "cpu", repeat=50, min_sample_s=0.0, budget_s=0.0)
     assert stats["x"]["samples"] == 3
@@ -133,3 +145,13 @@ def test_compare_budget_keeps_at_least_three_rounds_and_rejects_bad_input():
         eb.compare({}, "cpu")
     with pytest.raises(ValueError, match="repeat"):
         eb.compare({"x": lambda: None}, "cpu", repeat=0)
+
+
+def test_allocator_records_preloads_and_malloc_tunables(monkeypatch):
+    from equifast.benchmark.machine import allocator
+    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "GLIBC_TUNABLES")]:
+        monkeypatch.delenv(k)
+    assert allocator() == "glibc malloc defaults"
+    monkeypatch.setenv("LD_PRELOAD", "/x/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
+    assert allocator() == "LD_PRELOAD=/x/libjemalloc.so.2 MALLOC_TRIM_THRESHOLD_=1073741824"

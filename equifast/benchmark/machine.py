@@ -21,6 +21,15 @@ def _run_quiet(cmd: Sequence[str]) -> str:
         return ""
 
 
+def allocator() -> str:
+    """The host allocator of this process as set from outside: an LD_PRELOAD library (jemalloc,
+    tcmalloc) and glibc's MALLOC_* tunables, or "glibc malloc defaults". CPU timings depend on it:
+    glibc hands freed multi-MiB blocks back to the kernel, and every later use faults them in again."""
+    parts = [f"LD_PRELOAD={os.environ['LD_PRELOAD']}"] if os.environ.get("LD_PRELOAD") else []
+    parts += [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    return " ".join(parts) or "glibc malloc defaults"
+
+
 def environment(device: str) -> Dict[str, object]:
     import equifast
     from .. import backends as _backends
@@ -35,6 +44,7 @@ def environment(device: str) -> Dict[str, object]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator(),
         "loadavg_start": loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -19,6 +19,12 @@ Two entry points, both returning a summary ``{"median_s", "min_s", "p20_s", "p80
   the whole comparison within ``budget_s`` when given, but never below 3 rounds). State the torch
   thread count (``torch.get_num_threads()``) next to the numbers.
 
+  ``settle=k`` calls a contender k more times untimed right before each of its samples, so that a
+  sample follows calls of the same contender, as in a training loop, rather than the other contenders'
+  (on CPU the allocator's state differs: glibc gives freed multi-MiB blocks back to the kernel, and a
+  contender whose buffers have other sizes leaves the heap so that the next one faults its pages in
+  again). The rotation between rounds is unchanged.
+
 How a sample is taken (both entry points):
 
 * CPU: ``time.perf_counter`` around ``inner`` back-to-back calls, ``inner`` chosen so that a sample
@@ -137,7 +143,7 @@ def _sample(fn: Callable[[], object], device: str, inner: int) -> float:
 
 def compare(fns: Mapping[str, Callable[[], object]], device: str, *, repeat: int = 5,
             min_sample_s: float = 0.005, budget_s: Optional[float] = None,
-            warmup: bool = True) -> Dict[str, Summary]:
+            warmup: bool = True, settle: int = 0) -> Dict[str, Summary]:
     """Time the contenders ``fns`` (name -> no-argument callable) interleaved; name -> summary.
 
     See the module docstring: an untimed first call of each, then ``repeat`` rounds (at least 3 when
@@ -147,6 +153,8 @@ def compare(fns: Mapping[str, Callable[[], object]], device: str, *, repeat: int
         raise ValueError("compare: fns must name at least one callable, got none")
     if repeat < 1:
         raise ValueError(f"compare: repeat must be >= 1, got {repeat}")
+    if settle < 0:
+        raise ValueError(f"compare: settle must be >= 0 untimed calls, got {settle}")
     names = list(fns)
     if warmup:
         for name in names:
@@ -157,11 +165,14 @@ def compare(fns: Mapping[str, Callable[[], object]], device: str, *, repeat: int
     inner = {name: 1 if cuda else max(1, math.ceil(min_sample_s / single[name])) for name in names}
     rounds = repeat
     if budget_s is not None:
-        per_round = sum(single[name] * inner[name] for name in names)
+        per_round = sum(single[name] * (inner[name] + settle) for name in names)
         rounds = max(min(3, repeat), min(repeat, int(budget_s / per_round)))
     samples: Dict[str, list] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            for _ in range(settle):
+                fns[name]()
+            synchronize(device)
             samples[name].append(_sample(fns[name], device, inner[name]))
     return {name: _summary(samples[name], inner[name]) for name in names}
