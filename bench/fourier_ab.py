@@ -1,7 +1,7 @@
 """Interleaved A/B of the fourier backend at a git revision against the working tree, in one process,
 with the torch backend (the dense bank) alongside.
 
-    python bench/fourier_ab.py REV C4 1 [32] [--repeat 9]     (revision, group, threads, channels)
+    python bench/fourier_ab.py REV C4 1 [32] [--repeat 9] [--settle 1]     (revision, group, threads, channels)
 
 "old" is equifast/backends/fourier/group_conv.py at REV, extracted with git into a temporary module of
 the package (removed again after the import); "new" is the working tree's. Every contender runs one
@@ -32,6 +32,8 @@ p.add_argument("group")
 p.add_argument("threads", type=int)
 p.add_argument("channels", type=int, nargs="?", default=32)
 p.add_argument("--repeat", type=int, default=9)
+p.add_argument("--settle", type=int, default=0,
+               help="untimed calls of a contender right before each of its samples (compare(settle=...))")
 p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                help="set a module constant of the new backend first (e.g. SLICE_BYTES=2097152, MODE=units)")
 args = p.parse_args()
@@ -95,7 +97,7 @@ for fn in fns.values():
     for _ in range(3):
         fn()
 faults.clear()
-st = compare(fns, "cpu", repeat=args.repeat, budget_s=4 * args.repeat)
+st = compare(fns, "cpu", repeat=args.repeat, budget_s=4 * args.repeat, settle=args.settle)
 m = {k: v["median_s"] * 1e3 for k, v in st.items()}
 mib = {k: v[0] / v[1] * resource.getpagesize() / 2 ** 20 for k, v in faults.items()}
 print(f"| {g} | {C}->{C} | {t} | {m['torch']:.1f} | {m['old']:.1f} | {m['new']:.1f} | {m['old'] / m['new']:.2f}x "
