@@ -4,7 +4,7 @@ backend called several times in a row (a training loop's steady state; `compare(
 
     python bench/fourier_faults.py C4 1 [32] [--calls 12] [--rounds 5]     (group, threads, channels)
 
-Faults are the process's minor page faults (getrusage), as MiB of 4 KiB pages per call: every one is a
+Faults are the process's minor page faults (getrusage), as MiB of pages per call: every one is a
 page the allocator handed back to the kernel and took again (1.5-2.5 µs each on the KVM guest of
 bench/results/fourier-2026-11-30-v4). Rounds alternate the two schemes; medians over rounds. Prints one
 markdown row: | group | channels | threads | scheme | torch ms | fourier ms | torch/fourier | MiB faulted
@@ -58,7 +58,7 @@ for _ in range(args.rounds):
             res["in a row", be][1].append(f)
 for scheme in ("alternating", "in a row"):
     ms = {be: statistics.median(res[scheme, be][0]) * 1e3 for be in fns}
-    mib = {be: statistics.mean(res[scheme, be][1]) * 4 / 1024 for be in fns}
+    mib = {be: statistics.mean(res[scheme, be][1]) * resource.getpagesize() / 2 ** 20 for be in fns}
     print(f"| {args.group} | {args.channels}->{args.channels} | {args.threads} | {scheme} | {ms['torch']:.1f} | "
           f"{ms['fourier']:.1f} | {ms['torch'] / ms['fourier']:.2f}x | {mib['torch']:.1f} / {mib['fourier']:.1f} |",
           flush=True)

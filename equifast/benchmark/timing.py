@@ -171,8 +171,9 @@ def compare(fns: Mapping[str, Callable[[], object]], device: str, *, repeat: int
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            for _ in range(settle):
-                fns[name]()
-            synchronize(device)
+            if settle:
+                for _ in range(settle):
+                    fns[name]()
+                synchronize(device)
             samples[name].append(_sample(fns[name], device, inner[name]))
     return {name: _summary(samples[name], inner[name]) for name in names}
