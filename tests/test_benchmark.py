@@ -149,9 +149,11 @@ def test_compare_budget_keeps_at_least_three_rounds_and_rejects_bad_input():
 
 def test_allocator_records_preloads_and_malloc_tunables(monkeypatch):
     from equifast.benchmark.machine import allocator
-    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "GLIBC_TUNABLES")]:
+    for k in [k for k in os.environ
+              if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")]:
         monkeypatch.delenv(k)
     assert allocator() == "glibc malloc defaults"
     monkeypatch.setenv("LD_PRELOAD", "/x/libjemalloc.so.2")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
-    assert allocator() == "LD_PRELOAD=/x/libjemalloc.so.2 MALLOC_TRIM_THRESHOLD_=1073741824"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert allocator() == "LD_PRELOAD=/x/libjemalloc.so.2 MALLOC_TRIM_THRESHOLD_=1073741824 THP_MEM_ALLOC_ENABLE=1"

@@ -23,10 +23,12 @@ def _run_quiet(cmd: Sequence[str]) -> str:
 
 def allocator() -> str:
     """The host allocator of this process as set from outside: an LD_PRELOAD library (jemalloc,
-    tcmalloc) and glibc's MALLOC_* tunables, or "glibc malloc defaults". CPU timings depend on it:
-    glibc hands freed multi-MiB blocks back to the kernel, and every later use faults them in again."""
+    tcmalloc), glibc's MALLOC_* tunables and PyTorch's THP_MEM_ALLOC_ENABLE (huge pages for large CPU
+    allocations), or "glibc malloc defaults". CPU timings depend on it: glibc hands freed multi-MiB
+    blocks back to the kernel, and every later use faults them in again."""
     parts = [f"LD_PRELOAD={os.environ['LD_PRELOAD']}"] if os.environ.get("LD_PRELOAD") else []
-    parts += [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    parts += [f"{k}={v}" for k, v in sorted(os.environ.items())
+              if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")]
     return " ".join(parts) or "glibc malloc defaults"
 
 
