@@ -9,8 +9,13 @@
 #    float32 and bfloat16, both layouts) into bench/results/<gpu>-<UTC date>/ (override: BENCH_OUT),
 #    stopping itself after BENCH_TIMEOUT seconds (default 540). Results are written after every
 #    measurement and --resume keeps them, so running the same command again continues a cut run;
-# 3. with BENCH_PYTEST=1, also runs the pytest-benchmark suites (pytest-benchmark.json);
-# 4. copies the folder to $OUT/<same path> when $OUT is set (the lent machine's return folder).
+# 3. runs bench/fourier_group_conv.py --device cuda (the fourier backend against the dense bank on
+#    cuDNN: group_conv forward+backward, peak memory, training steps, small shapes) into
+#    bench/results/fourier-<gpu>-<UTC date>/ first, stopping it after FOURIER_TIMEOUT seconds (default
+#    240; each finished section is kept); FOURIER=0 skips it;
+# 4. with BENCH_PYTEST=1, also runs the pytest-benchmark suites (pytest-benchmark.json);
+# 5. copies both folders to $OUT/<same path> when $OUT is set (the lent machine's return folder).
+# On the lent machine (at most 10 minutes a command): BENCH_TIMEOUT=300 FOURIER_TIMEOUT=200 bash bench/run_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -28,6 +33,16 @@ print((m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", full.lower()).strip("-"))
 PYEOF
 )
 out=${BENCH_OUT:-bench/results/${name}-$(date -u +%F)}
+fourier_out=bench/results/fourier-${name}-$(date -u +%F)
+if [ "${FOURIER:-1}" != "0" ]; then
+  echo "fourier vs torch on CUDA -> $fourier_out"
+  timeout "${FOURIER_TIMEOUT:-240}" $PY bench/fourier_group_conv.py --device cuda --out "$fourier_out" \
+      --sections ops,memory,networks,sweep --repeat 7 --budget 3
+  [ $? -eq 124 ] && echo "fourier bench stopped after ${FOURIER_TIMEOUT:-240} s: finished sections kept" >&2
+  if [ -n "${OUT:-}" ] && [ -d "$fourier_out" ]; then
+    mkdir -p "$OUT/$fourier_out" && cp -r "$fourier_out"/. "$OUT/$fourier_out"/
+  fi
+fi
 mkdir -p "$out"
 echo "equifast bench -> $out"
 timeout "${BENCH_TIMEOUT:-540}" $PY -m equifast bench --device cuda --out "$out" --resume "$@"

@@ -591,8 +591,9 @@ def get(group: Union[str, Group]) -> Group:
     m = _NAME.match(group)
     if m and int(m.group(2)) >= 1:
         return cyclic(int(m.group(2))) if m.group(1) == "C" else dihedral(int(m.group(2)))
-    raise ValueError(f"unknown group {group!r}: expected 'C<n>' or 'D<n>' with n >= 1, "
-                     f"or a registered custom group ({sorted(_REGISTRY)})")
+    custom_names = sorted(name for name in _REGISTRY if not _NAME.match(name))
+    raise ValueError(f"unknown group {group!r}: expected 'C<n>' or 'D<n>' with n >= 1, or a registered custom "
+                     f"group ({', '.join(custom_names) if custom_names else 'none registered'})")
 
 
 def names() -> Tuple[str, ...]:

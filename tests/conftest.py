@@ -2,7 +2,9 @@
 
 * Without a CUDA device, Triton kernels run in Triton's interpreter on CPU tensors: the variable
   must be set before any kernel module is imported, hence here, at the top of conftest.
-* Tests marked ``gpu`` are skipped without CUDA.
+* Tests marked ``gpu`` are skipped without CUDA. On CUDA, TF32 is switched off for convolutions and
+  matmuls: float32 results are checked at float32 tolerances against the float64 oracle (cuDNN's
+  default, ``torch.backends.cudnn.allow_tf32 = True``, rounds inputs to 10 mantissa bits).
 * Hypothesis: no deadline (first calls compile), a modest number of examples (CI is 2 cores).
 * ``one_thread``: modules of tiny problems run with one torch thread
   (``pytestmark = pytest.mark.usefixtures("one_thread")``).
@@ -24,6 +26,9 @@ settings.register_profile("thorough", deadline=None, max_examples=300,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
+if HAS_CUDA:
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(scope="module")

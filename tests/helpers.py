@@ -102,14 +102,16 @@ def field_major(s):
 # ---------------------------------------------------------------------------
 def targets(include_reference=False):
     """(backend, device) pairs of every backend in ``equifast.backends.NAMES`` available on every
-    device present (CPU; CUDA on a GPU machine), as pytest params with ids "backend-device"."""
+    device present (CPU; CUDA on a GPU machine), as pytest params with ids "backend-device"; the CUDA
+    ones are marked ``gpu``, so that ``make gpu-test`` (``pytest -m gpu``) runs them."""
     params = []
     for device in DEVICES:
         for name in backends.NAMES:
             if name == "reference" and not include_reference:
                 continue
             if backends.availability(name, device)[0]:
-                params.append(pytest.param((name, device), id=f"{name}-{device}"))
+                marks = (pytest.mark.gpu,) if device != "cpu" else ()
+                params.append(pytest.param((name, device), id=f"{name}-{device}", marks=marks))
     return params
 
 

@@ -103,6 +103,18 @@ def _best_dtype(backend, device, op, group, frame):
     return None
 
 
+def test_cuda_targets_are_marked_gpu(monkeypatch):
+    """``make gpu-test`` runs ``pytest -m gpu``: the CUDA targets of this suite must carry the mark (fourier
+    is available on any device, so a CUDA target exists even where torch sees no GPU)."""
+    import helpers
+    monkeypatch.setattr(helpers, "DEVICES", ("cpu", "cuda"))
+    params = helpers.targets(include_reference=True)
+    cuda = [p for p in params if p.values[0][1] == "cuda"]
+    assert "fourier-cuda" in [p.id for p in cuda]
+    assert all([m.name for m in p.marks] == ["gpu"] for p in cuda)
+    assert all(not p.marks for p in params if p.values[0][1] == "cpu")
+
+
 class ConvOpTester:
     op = None   # "lift_conv" or "group_conv", set by the subclasses
 

@@ -25,8 +25,9 @@ def test_tables_are_a_group(name):
 def test_lookup_returns_same_object_and_rejects_unknown():
     assert groups.get("C4") is groups.get("C4") is groups.cyclic(4)
     assert groups.get(groups.get("D4")) is groups.get("D4")
-    with pytest.raises(ValueError, match="unknown group 'Q8'"):
+    with pytest.raises(ValueError, match="unknown group 'Q8'") as info:
         groups.get("Q8")
+    assert "C4" not in str(info.value).split("custom group")[1]     # built-in groups are not listed as custom
     with pytest.raises(ValueError, match="unknown group 'C0'"):
         groups.get("C0")
     with pytest.raises(TypeError, match="group must be a name"):
