@@ -4,7 +4,8 @@
 # build equifast._C with its CUDA kernels and run the GPU tests.
 #
 #   bash tools/gpu_test.sh                 # tests/test_extension_cuda.py, tests/test_cuda_*.py (pixel-map
-#                                          # forms, int64 indices, peak memory) + every other test marked gpu
+#                                          # forms, int64 indices, peak memory) + every other test marked gpu,
+#                                          # then the conformance suite's CUDA targets (every backend)
 #   GPU_TESTS="tests/test_extension_cuda.py" bash tools/gpu_test.sh
 # Env: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's), PYTEST_ARGS.
 set -euo pipefail
@@ -27,6 +28,17 @@ EQUIFAST_BUILD_CUDA=1 "$PY" -m pip install -q -e . --no-build-isolation --no-dep
 # editable installs build into build/; make sure the in-place module is the fresh one as well
 EQUIFAST_BUILD_CUDA=1 "$PY" setup.py -q build_ext --inplace
 "$PY" -c "import equifast.backends._compiled as e; ok, why = e.load(); assert ok, why; assert e.cuda_compiled(), 'no CUDA kernels in equifast._C'; print('[gpu-test] equifast._C loaded with CUDA kernels')"
-TESTS="${GPU_TESTS:-tests}"
-say "pytest -m gpu $TESTS"
-"$PY" -m pytest -q -m gpu $TESTS ${PYTEST_ARGS:-}
+if [ -n "${GPU_TESTS:-}" ]; then
+  say "pytest -m gpu $GPU_TESTS"
+  "$PY" -m pytest -q -m gpu $GPU_TESTS ${PYTEST_ARGS:-}
+  exit
+fi
+# The dedicated GPU tests first, then the conformance suite's CUDA targets (every backend on CUDA
+# against the reference: many small cases, Triton compiling each), so that a run cut short by a time
+# limit has the first part's results.
+say "pytest -m gpu tests (without the conformance suite)"
+rc=0
+"$PY" -m pytest -q -m gpu tests --ignore=tests/test_conformance.py ${PYTEST_ARGS:-} || rc=$?
+say "pytest -m gpu tests/test_conformance.py (the CUDA targets)"
+"$PY" -m pytest -q -m gpu tests/test_conformance.py --durations=5 ${PYTEST_ARGS:-} || rc=$?
+exit $rc
