@@ -268,6 +268,28 @@ def test_gradient_masks():
                 assert max_err(t.grad, r.grad) <= 1e-10
 
 
+@pytest.mark.parametrize("name", ["C4", "D4", "C8", "fourier-S3"])
+def test_runs_off_cpu_on_its_device_in_its_dtype_and_layout(monkeypatch, name):
+    """Off the CPU (CUDA on a GPU machine) the backend mixes with plain PyTorch and convolves in the
+    input's dtype (float16 too). Checked here on the meta device: every intermediate must live on the
+    input's device (a CPU tensor made inside fails), and output and gradients come back in the input's
+    shape, dtype and layout. (Meta has no autocast: the backend's switch-off is replaced for the test.)"""
+    import contextlib
+    from equifast._args import make_plan
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())
+    n = groups.get(name).order
+    plan = make_plan(name, 1, 1, 1, "view", 3, 3, "group_conv")
+    for dtype, channels_last in itertools.product((torch.float32, torch.float16, torch.bfloat16), (False, True)):
+        s = torch.empty(2, n, 3, 8, 8, device="meta", dtype=dtype)
+        s = to_channels_last(s) if channels_last else s
+        w, b = torch.empty(4, n, 3, 3, 3, device="meta", dtype=dtype), torch.empty(4, device="meta", dtype=dtype)
+        out = fourier.group_conv_forward(s, w, b, plan)
+        gs, gw, _ = fourier.group_conv_backward(torch.empty_like(out), s, w, plan, (True, True, False))
+        assert out.shape == (2, n, 4, 8, 8) and gs.shape == s.shape and gw.shape == w.shape
+        assert {t.device.type for t in (out, gs, gw)} == {"meta"} and {t.dtype for t in (out, gs, gw)} == {dtype}
+        assert is_channels_last(out) == is_channels_last(gs) == channels_last
+
+
 def test_empty_batch():
     s, w, b = make_problem("group_conv", "C4", B=0, H=6)
     s.requires_grad_()
