@@ -15,8 +15,8 @@ Sections (each writes one JSON file under --out, plus a summary.md):
   CUDA: the peak of ``torch.cuda.max_memory_allocated`` during a second forward+backward above what
   was allocated before it (exact: the caching allocator counts live tensors);
 * ``networks``: one SGD training step of ResGCNN (C4, D4; widths 32/64/128) and of Figure3Net on 8x8
-  digit-sized inputs, with every op on backend="auto" vs backend="torch" (on CUDA ``auto`` takes what
-  ``equifast.backends.fourier.preferred`` allows there).
+  digit-sized inputs, with every op on backend="auto" vs backend="torch" (on CUDA, whatever ``auto``
+  picks there: ``equifast.backends.fourier.preferred`` keeps fourier to the CPU until it is measured).
 
 Contenders are interleaved round by round (``equifast.benchmark.timing.compare``; on CUDA each sample
 is one call between CUDA events after an L2 flush), medians reported. The machine is shared: the load
@@ -206,7 +206,7 @@ def memory(args):
     for group, C, B in op_cases(args):
         row = {"group": group, "C": C, "B": B, "device": args.device}
         samples = {"torch": [], "fourier": []}
-        for _ in range(3):                      # RSS varies with the allocator's state: median of 3 processes
+        for _ in range(3):                      # CPU: RSS varies with the allocator's state: median of 3 processes
             for be in samples:
                 if args.device != "cpu":
                     samples[be].append(peak_cuda(be, group, C, B, args.device))
