@@ -38,7 +38,12 @@ if [ "${FOURIER:-1}" != "0" ]; then
   echo "fourier vs torch on CUDA -> $fourier_out"
   timeout "${FOURIER_TIMEOUT:-240}" $PY bench/fourier_group_conv.py --device cuda --out "$fourier_out" \
       --sections ops,memory,networks,sweep --repeat 7 --budget 3
-  [ $? -eq 124 ] && echo "fourier bench stopped after ${FOURIER_TIMEOUT:-240} s: finished sections kept" >&2
+  frc=$?
+  if [ $frc -eq 124 ]; then
+    echo "fourier bench stopped after ${FOURIER_TIMEOUT:-240} s: finished sections kept" >&2
+  elif [ $frc -ne 0 ]; then
+    echo "fourier bench failed (exit $frc); going on with the main benchmark" >&2
+  fi
   if [ -n "${OUT:-}" ] && [ -d "$fourier_out" ]; then
     mkdir -p "$OUT/$fourier_out" && cp -r "$fourier_out"/. "$OUT/$fourier_out"/
   fi

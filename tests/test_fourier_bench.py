@@ -1,7 +1,8 @@
 """bench/fourier_group_conv.py, the script behind the fourier backend's committed measurements: its
-``ops`` and ``memory`` sections produce consistent rows on CPU and (marked ``gpu``) on CUDA, the summary
-names the device it ran on, and bad arguments are refused with the argument named. No timing is
-asserted: only that each row's ratio is the ratio of its own medians."""
+``ops`` section produces consistent rows on CPU, ``ops`` and ``memory`` on CUDA (marked ``gpu``), its
+two contenders compute the same function, the summary names the device it ran on, and bad arguments
+are refused with the argument named. No timing is asserted: only that each row's ratio is the ratio
+of its own medians."""
 import argparse
 import importlib.util
 import math
