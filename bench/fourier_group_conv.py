@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ import time
 import torch
 
 import equifast
-from equifast.benchmark.machine import allocator
+from equifast.benchmark.machine import environment
 from equifast.benchmark.timing import compare
 
 GROUPS = ("C4", "D4", "C8", "C16")
@@ -51,20 +50,9 @@ def op_cases(args):
 
 
 def machine(device="cpu"):
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    meta = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "mkldnn": torch.backends.mkldnn.is_available(), "platform": platform.platform(),
-            "allocator": allocator(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "device": device}
-    if torch.device(device).type == "cuda":
-        meta.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-    return meta
+    """Where the run happened (``equifast.benchmark.machine.environment``: CPU, versions, allocator,
+    GPU, CUDA, cuDNN and its TF32 switch) and the command line."""
+    return dict(environment(device), command=" ".join([os.path.basename(sys.executable)] + sys.argv))
 
 
 def load():
@@ -275,11 +263,11 @@ def networks(args):
 def summary(results, meta):
     cuda = meta.get("device", "cpu") != "cpu"
     lines = [f"# fourier vs torch backend ({'CUDA' if cuda else 'CPU'})", "", f"- command: `{meta['command']}`",
-             f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: load averages recorded "
+             f"- machine: {meta['cpu']}, {meta['cpu_count']} cores (shared with other jobs: load averages recorded "
              f"per row), torch {meta['torch']}, Python {meta['python']}", f"- date: {meta['date']}",
              f"- allocator: {meta.get('allocator', 'not recorded')}"]
     if cuda:
-        lines += [f"- GPU: {meta['gpu']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']} (cudnn.allow_tf32 "
+        lines += [f"- GPU: {meta['device_name']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']} (cudnn.allow_tf32 "
                   f"{meta['cudnn_allow_tf32']}, matmul.allow_tf32 {meta['matmul_allow_tf32']}); each sample one "
                   f"call between CUDA events after an L2 flush", ""]
     else:

@@ -58,8 +58,8 @@ def test_op_callable_runs_both_backends_to_the_same_results(script):
 
 
 def test_summary_names_the_device(script):
-    meta = dict(command="python bench/fourier_group_conv.py --device cuda", cpu="x", cores=16, torch="2.11",
-                python="3.12", date="today", allocator="glibc", device="cuda", gpu="NVIDIA H200", cuda="13.0",
+    meta = dict(command="python bench/fourier_group_conv.py --device cuda", cpu="x", cpu_count=16, torch="2.11",
+                python="3.12", date="today", allocator="glibc", device="cuda", device_name="NVIDIA H200", cuda="13.0",
                 cudnn=91000, cudnn_allow_tf32=True, matmul_allow_tf32=False)
     row = dict(group="C4", C=32, B=8, threads=None, torch_ms=2.0, fourier_ms=1.0, speedup=2.0, load=(0.0, 0, 0),
                quiet_before=None, running_after=1, dtype="float32")

@@ -68,6 +68,7 @@ def environment(device: str) -> Dict[str, object]:
             "sm_count": props.multi_processor_count,
             "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         })
     else:
         env.update({"device_name": cpu_model(), "driver": None, "cuda": None,
