@@ -77,7 +77,7 @@ def test_numeric_basis_of_a_dihedral_group():
     group = groups.get("D4")
     b = basis.numeric(group.cayley_tensor(), "D4")
     assert max_err(basis.operator(b), basis.right_regular(group.cayley_tensor())) <= 1e-12
-    assert sorted((blk.d, blk.groups) for blk in b.blocks) == [(1, 4), (2, 2)]
+    assert sorted((blk.d, blk.units) for blk in b.blocks) == [(1, 4), (2, 2)]
 
 
 def test_bad_basis_is_refused_with_a_clear_error():

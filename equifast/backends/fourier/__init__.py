@@ -3,8 +3,9 @@
 A view-frame group convolution is a correlation along the group axis, so a real orthogonal change
 of basis that block-diagonalises the regular representation splits it into one small convolution
 per irreducible copy: Σ_ρ d_ρ³ filter blocks (C_n: n_1 + 3 n_2 with three-product complex blocks)
-instead of the dense bank's |G|², run as one grouped conv2d per block dimension (``group_conv``;
-bases in ``basis``). Plain PyTorch ops, so any device; explicit backward.
+instead of the dense bank's |G|², run as one conv2d per irreducible copy (grouped conv2d calls for
+groups with many one-dimensional copies; ``group_conv``, bases in ``basis``). Plain PyTorch ops, so
+any device; explicit backward.
 
 Supports ``group_conv`` in the view frame for every group (C_n and D_n in closed form, custom
 groups through a numerically computed basis), and in the canonical frame only where every group

@@ -8,13 +8,15 @@ irreducible ρ of dimension d appearing once per *copy*), the layer becomes one 
 per copy: ŷ = Ŵ_ρ ŝ with ŝ = the copy's d coordinates of Qᵀs and Ŵ_ρ[a, b] = Σ_h ρ(h)[a, b] w_h,
 a d x d matrix of C_out x C_in filters shared by all copies of ρ; then out = Q ŷ.
 
-Every copy is one group of a grouped conv2d. Copies of the same dimension d form one ``Block``
-(one vendor call): ``t_in`` [S*d, n] maps the group axis to the S groups' d-vectors, ``t_w``
-[S, d, d, n] maps the weight's group axis to each group's d x d filter matrix and ``t_out`` [n, S*d]
-maps the groups' outputs back. The complex frequencies of C_n (2-dimensional real irreducibles
-whose filter matrix is a complex number A - iB) use three real products instead of four (Gauss):
-``cyclic`` turns each into three d = 1 groups, so a C_n layer is one grouped conv2d of
-n_1 + 3*n_2 groups (C4: 5, C8: 11, C16: 23) instead of one dense conv of n^2 blocks.
+Each copy is one *unit*, a convolution of d*C_in -> d*C_out channels. Units of the same dimension
+d form one ``Block`` of S units: ``t_in`` [S*d, n] maps the group axis to the S units' d-vectors,
+``t_w`` [S, d, d, n] maps the weight's group axis to each unit's d x d filter matrix and ``t_out``
+[n, S*d] maps the units' outputs back. How the units are convolved (one conv2d each, or grouped
+conv2d calls) is the backend's choice (``group_conv``). The complex frequencies of C_n
+(2-dimensional real irreducibles whose filter matrix is a complex number A - iB) use three real
+products instead of four (Gauss): ``cyclic`` turns each into three d = 1 units, so a C_n layer is
+n_1 + 3*n_2 convolutions of C_out x C_in filters (C4: 5, C8: 11, C16: 23) instead of one dense conv
+of n^2 blocks.
 
 Closed forms: ``cyclic`` (real DFT) and ``dihedral`` (the irreducibles of D_n, all of real type).
 Any other group: ``numeric`` builds Q from the Cayley table (isotypic components from a random
@@ -40,7 +42,8 @@ class BasisError(ValueError):
 
 @dataclass(frozen=True)
 class Block:
-    """S groups of a grouped conv2d, each d*C_in -> d*C_out channels (float64, CPU)."""
+    """S units of dimension d, each d*C_in -> d*C_out channels: copies of irreducibles of dimension d, or
+    (C_n) Gauss's three products of a complex frequency as three 1-d units (float64, CPU)."""
     d: int
     t_in: torch.Tensor    # [S*d, n]
     t_w: torch.Tensor     # [S, d, d, n]
@@ -48,7 +51,7 @@ class Block:
     bias: torch.Tensor    # [S*d]: out = t_out @ y + 1 ⊗ b  <=>  y += bias ⊗ b (zero where no trivial part)
 
     @property
-    def groups(self) -> int:
+    def units(self) -> int:
         return self.t_w.shape[0]
 
 
@@ -62,7 +65,7 @@ class Basis:
     @property
     def filter_blocks(self) -> int:
         """C_out x C_in convolutions per layer (the dense bank has order**2)."""
-        return sum(b.groups * b.d * b.d for b in self.blocks)
+        return sum(b.units * b.d * b.d for b in self.blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def check(basis: Basis, R: torch.Tensor) -> None:
     expected = torch.zeros(n, n, n, dtype=torch.float64)
     off = 0
     for b in basis.blocks:
-        for s in range(b.groups):
+        for s in range(b.units):
             expected[:, off:off + b.d, off:off + b.d] = b.t_w[s].permute(2, 0, 1)
             off += b.d
     eye = torch.eye(n, dtype=torch.float64)
@@ -292,7 +295,7 @@ def operator(basis: Basis) -> torch.Tensor:
     """Σ over blocks of t_out · ρ(h) · t_in as [n(h), n(g), n(k)]: equals R(h) for a correct basis."""
     total = 0
     for b in basis.blocks:
-        S, d = b.groups, b.d
+        S, d = b.units, b.d
         t_in = b.t_in.view(S, d, -1)
         t_out = b.t_out.view(-1, S, d)
         total = total + torch.einsum("gsa,sabh,sbk->hgk", t_out, b.t_w, t_in)

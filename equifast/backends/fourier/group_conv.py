@@ -165,7 +165,7 @@ def units_of(b: _basis.Basis) -> List[Unit]:
     out = []
     for blk in b.blocks:
         d = blk.d
-        for s in range(blk.groups):
+        for s in range(blk.units):
             rows = slice(s * d, (s + 1) * d)
             bias = blk.bias[rows]
             out.append(Unit(d, blk.t_in[rows], blk.t_w[s].reshape(d * d, -1), blk.t_out[:, rows],
