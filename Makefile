@@ -9,7 +9,7 @@ ESCNN_VENV ?= .venv-escnn
 
 STUDY_ARGS ?=
 
-.PHONY: setup build test test-escnn demo study check bench bench-quick cuda-compile-check gpu-static-check gpu-test sanitize sanitize-cpu clean
+.PHONY: setup build test test-escnn demo study check bench bench-quick cuda-compile-check gpu-static-check gpu-test gpu-session sanitize sanitize-cpu clean
 
 $(VENV)/.deps-stamp: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ gpu-static-check: setup
 # On a machine with a GPU and torch already installed (the lent device): build and run the GPU tests.
 gpu-test:
 	bash tools/gpu_test.sh
+
+# On a lent GPU machine: everything above that needs a GPU, most needed first, within one command's
+# 10 minutes (tools/gpu_session.sh: fourier vs cuDNN, fourier's CUDA tests, gpu-test, bench/run_gpu.sh).
+gpu-session:
+	bash tools/gpu_session.sh
 
 # On a machine with a GPU: compute-sanitizer memcheck and racecheck over the GPU tests.
 sanitize:

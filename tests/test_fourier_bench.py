@@ -90,6 +90,15 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
     assert r.returncode == 2 and "--device cuda: torch" in r.stderr and "sees no CUDA device" in r.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the stop where torch sees no CUDA device")
+def test_gpu_session_without_a_gpu_stops_at_once(tmp_path):
+    session = os.path.join(ROOT, "tools", "gpu_session.sh")
+    r = subprocess.run(["bash", session], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert r.returncode == 1 and "no CUDA device visible to torch: nothing to do" in r.stdout, r.stdout + r.stderr
+    assert os.listdir(tmp_path / "gpu-session") == ["session.log"]
+
+
 @pytest.mark.gpu
 def test_ops_and_memory_on_cuda(script):
     _check_ops_rows(script.ops(_args("cuda")), "cuda", None)
