@@ -15,6 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+# steps 1-2 run before equifast is installed (step 3 installs it): import it from this checkout
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 BUDGET=${BUDGET:-560}
 LOG="${OUT:-/tmp}/gpu-session"
