@@ -5,8 +5,8 @@
 #
 #   bash tools/gpu_session.sh                  # BUDGET=560 seconds in all; logs in $OUT/gpu-session/
 #
-# 1. fourier vs the dense bank on cuDNN: bench/fourier_group_conv.py --device cuda into
-#    bench/results/fourier-<gpu>-<UTC date>/ (plain PyTorch: runs before anything is built) <= FOURIER_S (200)
+# 1. fourier vs the dense bank on cuDNN: bench/run_gpu.sh's bench/fourier_group_conv.py --device cuda
+#    into bench/results/fourier-<gpu>-<UTC date>/ (plain PyTorch: runs before anything is built) <= FOURIER_S (200)
 # 2. the fourier backend on CUDA against the reference: the conformance suite's fourier-cuda target
 #    and the gpu-marked fourier benchmark test                                              <= 90 s
 # 3. build equifast._C with its CUDA kernels and run every GPU test (tools/gpu_test.sh)     until 150 s are left
@@ -23,7 +23,6 @@ LOG="${OUT:-/tmp}/gpu-session"
 mkdir -p "$LOG"
 say() { echo "[gpu-session $(( $(date +%s) - START ))s] $*" | tee -a "$LOG/session.log"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-keep() { [ -n "${OUT:-}" ] && [ -d "$1" ] && mkdir -p "$OUT/$1" && cp -r "$1"/. "$OUT/$1"/; }
 # step NAME SECONDS CMD...: runs CMD for at most SECONDS (and never past the budget), logs it
 step() {
   local name=$1 limit=$2; shift 2
@@ -44,18 +43,11 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   say "no CUDA device visible to torch: nothing to do"; exit 1
 fi
 say "$("$PY" -c "import torch; print(f'torch {torch.__version__} CUDA {torch.version.cuda} on {torch.cuda.get_device_name(0)}')")"
-gpu=$("$PY" -c "
-import re, torch
-full = torch.cuda.get_device_name(0)
-m = re.search(r'\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b', full)
-print((m.group(1) if m else re.sub(r'[^a-z0-9]+', '-', full.lower()).strip('-')).lower())")
-fourier_out="bench/results/fourier-${gpu}-$(date -u +%F)"
 
-step fourier-bench "${FOURIER_S:-200}" "$PY" bench/fourier_group_conv.py --device cuda --out "$fourier_out" \
-    --sections ops,memory,networks,sweep --repeat 7 --budget 3
-keep "$fourier_out"
+step fourier-bench $(( ${FOURIER_S:-200} + 15 )) env BENCH_SKIP_BUILD=1 MAIN=0 FOURIER_TIMEOUT="${FOURIER_S:-200}" \
+    PYTHON="$PY" bash bench/run_gpu.sh
 step fourier-tests 90 "$PY" -m pytest -q -m gpu tests/test_conformance.py tests/test_fourier_bench.py \
     -k "fourier-cuda or test_fourier_bench" --maxfail=20 --durations=5
 step gpu-test $(( $(left) - 150 )) bash tools/gpu_test.sh
-step bench "$(left)" env FOURIER=0 BENCH_SKIP_BUILD=1 BENCH_TIMEOUT=$(( $(left) - 10 )) bash bench/run_gpu.sh
+step bench "$(left)" env FOURIER=0 BENCH_SKIP_BUILD=1 BENCH_TIMEOUT=$(( $(left) - 10 )) PYTHON="$PY" bash bench/run_gpu.sh
 say "done"
