@@ -1,4 +1,4 @@
-# Usage: python ab_complex_blocks.py THREADS [N]  (run from the repository root with the .venv python)
+# Usage: python ab_complex_blocks.py THREADS [N] [CHANNELS]  (from the repository root with the .venv python; B=8 at 32 channels, else 4)
 import sys, torch, equifast
 from equifast import groups
 from equifast._args import make_plan
@@ -14,7 +14,7 @@ if name not in groups.names():
     groups.custom(name, cay, lambda g, H, W: torch.arange(H * W), exact=True)
 B = basis.get(groups.get(name))
 print("blocks:", [(b.d, b.groups) for b in B.blocks], "filter blocks", B.filter_blocks, file=sys.stderr)
-C, Bt = 32, 8
+C = int(sys.argv[3]) if len(sys.argv) > 3 else 32; Bt = 8 if C == 32 else 4
 gen = torch.Generator().manual_seed(0)
 s = torch.randn(Bt, n, C, 32, 32, generator=gen); w = torch.randn(C, n, C, 3, 3, generator=gen) / (n * C * 9) ** 0.5
 go = torch.randn(Bt, n, C, 32, 32, generator=gen)
@@ -34,4 +34,4 @@ for f in fns.values():
     for _ in range(3): f()
 st = compare(fns, "cpu", repeat=11, budget_s=60, settle=1)
 m = {k: v["median_s"] * 1e3 for k, v in st.items()}
-print(f"C{n} {t}t torch {m['torch']:.1f} gauss {m['gauss']:.1f} blocks {m['blocks']:.1f} | gauss/blocks {m['gauss']/m['blocks']:.2f} | torch/gauss {m['torch']/m['gauss']:.2f} torch/blocks {m['torch']/m['blocks']:.2f}", flush=True)
+print(f"C{n} {C}ch {t}t torch {m['torch']:.1f} gauss {m['gauss']:.1f} blocks {m['blocks']:.1f} | gauss/blocks {m['gauss']/m['blocks']:.2f} | torch/gauss {m['torch']/m['gauss']:.2f} torch/blocks {m['torch']/m['blocks']:.2f}", flush=True)
