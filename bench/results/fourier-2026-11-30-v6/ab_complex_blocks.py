@@ -13,7 +13,7 @@ name = f"C{n}-relabelled"
 if name not in groups.names():
     groups.custom(name, cay, lambda g, H, W: torch.arange(H * W), exact=True)
 B = basis.get(groups.get(name))
-print("blocks:", [(b.d, b.groups) for b in B.blocks], "filter blocks", B.filter_blocks, file=sys.stderr)
+print("blocks:", [(b.d, b.units) for b in B.blocks], "filter blocks", B.filter_blocks, file=sys.stderr)
 C = int(sys.argv[3]) if len(sys.argv) > 3 else 32; Bt = 8 if C == 32 else 4
 gen = torch.Generator().manual_seed(0)
 s = torch.randn(Bt, n, C, 32, 32, generator=gen); w = torch.randn(C, n, C, 3, 3, generator=gen) / (n * C * 9) ** 0.5
