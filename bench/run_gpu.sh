@@ -12,7 +12,7 @@
 # 3. runs bench/fourier_group_conv.py --device cuda (the fourier backend against the dense bank on
 #    cuDNN: group_conv forward+backward, peak memory, training steps, small shapes) into
 #    bench/results/fourier-<gpu>-<UTC date>/ first, stopping it after FOURIER_TIMEOUT seconds (default
-#    240; each finished section is kept); FOURIER=0 skips it, MAIN=0 skips step 2;
+#    240; each finished section is kept); FOURIER=0 skips it, MAIN=0 skips step 2 (then the exit status is the fourier bench's);
 # 4. with BENCH_PYTEST=1, also runs the pytest-benchmark suites (pytest-benchmark.json);
 # 5. copies both folders to $OUT/<same path> when $OUT is set (the lent machine's return folder).
 # On the lent machine (at most 10 minutes a command): BENCH_TIMEOUT=300 FOURIER_TIMEOUT=200 bash bench/run_gpu.sh
@@ -48,7 +48,7 @@ if [ "${FOURIER:-1}" != "0" ]; then
     mkdir -p "$OUT/$fourier_out" && cp -r "$fourier_out"/. "$OUT/$fourier_out"/
   fi
 fi
-if [ "${MAIN:-1}" = "0" ]; then exit 0; fi
+if [ "${MAIN:-1}" = "0" ]; then exit "${frc:-0}"; fi   # only the fourier bench: its status
 mkdir -p "$out"
 echo "equifast bench -> $out"
 timeout "${BENCH_TIMEOUT:-540}" $PY -m equifast bench --device cuda --out "$out" --resume "$@"
