@@ -127,11 +127,28 @@ def test_matches_reference(name):
 
 @pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding=(1, 2, 0, 1)),
                                   dict(padding="same", dilation=2),
-                                  dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2)), dict(padding="valid")])
+                                  dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2)), dict(padding="valid"),
+                                  dict(padding=(3, 0, 1, 2))])
 @pytest.mark.parametrize("name", ["C4", "D4", "C8"])
 def test_stride_padding_dilation(name, conv):
     s, w, b = make_problem("group_conv", name, B=2, C_in=2, C_out=3, H=9, k=3)
     _assert_matches_reference(s, w, b, group=name, **conv)
+
+
+@pytest.mark.parametrize("conv, flipped", [
+    (dict(padding=(1, 2, 0, 1)), (1, 0, 2, 1)),               # stride 1: d*(k-1) - p on every side
+    (dict(padding="same", dilation=2), (2, 2, 2, 2)),
+    (dict(padding="valid"), (2, 2, 2, 2)),
+    (dict(padding=(3, 0, 1, 2)), None),                       # padding beyond the kernel's reach
+    (dict(stride=2, padding=1), None),
+])
+def test_input_gradient_takes_the_flipped_convolution_at_stride_one(conv, flipped):
+    """Which input gradients run as a convolution of grad_out with flipped filters (the cases of
+    test_stride_padding_dilation, each checked there against the reference)."""
+    from equifast.backends.fourier import group_conv as fgc
+    plan = check_group(torch.zeros(1, 4, 1, 9, 9), torch.zeros(1, 4, 1, 3, 3), None, "C4", conv.get("stride", 1),
+                       conv["padding"], conv.get("dilation", 1), "view")
+    assert fgc._flipped_padding(plan, (3, 3)) == flipped
 
 
 @pytest.mark.parametrize("name", ["C4", "D4"])

@@ -20,6 +20,9 @@ The bias enters the trivial representation's unit as its conv's bias.
 backward, with the same matrices transposed (no recomputed forward, no autograd), per chunk:
     gY = t_outᵀ ·_g grad_out;  gŴ_k = conv_weight_grad(gY_k, U_k) for every unit, then U is freed;
     gU_k = conv_input_grad(gY_k, Ŵ_k);  grad_s += t_inᵀ ·_r gU;  at the end grad_w = t_wᵀ ·_k gŴ
+On CPU at stride 1 the input gradient runs as a forward convolution, conv2d(gY_k, flip(Ŵ_k)ᵀ)
+(``_conv_grad``, ``_flipped_padding``): oneDNN's forward kernel is faster than its backward-data kernel
+on these shapes.
 One convolution per unit rather than one grouped convolution over many: oneDNN's grouped
 convolutions were measured slower per FLOP on CPU (their backward 1.5-1.7x at 2-3 groups in a quiet
 microbenchmark). The exception (``grouped``): groups with more than 16 one-dimensional units (C16)
@@ -370,17 +373,41 @@ class _Stack:
 # ---------------------------------------------------------------------------------------------
 # Convolution with explicit padding
 # ---------------------------------------------------------------------------------------------
-def _conv(x, weight, bias, plan, groups=1):
-    pt, pb, pl, pr = plan.padding
+def _conv2d(x, weight, bias, padding, dilation, groups=1, stride=(1, 1)):
+    """conv2d with explicit padding (top, bottom, left, right)."""
+    pt, pb, pl, pr = padding
     if pt == pb and pl == pr:
-        return F.conv2d(x, weight, bias, plan.stride, (pt, pl), plan.dilation, groups)
-    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, plan.stride, 0, plan.dilation, groups)
+        return F.conv2d(x, weight, bias, stride, (pt, pl), dilation, groups)
+    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, stride, 0, dilation, groups)
+
+
+def _conv(x, weight, bias, plan, groups=1):
+    return _conv2d(x, weight, bias, plan.padding, plan.dilation, groups, plan.stride)
+
+
+def _flipped_padding(plan, kernel):
+    """The padding under which the input gradient of a stride-1 ``_conv`` is the convolution of its
+    output gradient with the flipped, transposed filters: d*(k-1) - p on every side; None for other
+    strides, or where a side's padding exceeds the kernel's reach (then it would crop)."""
+    if tuple(plan.stride) != (1, 1):
+        return None
+    (kh, kw), (dh, dw) = kernel, plan.dilation
+    pt, pb, pl, pr = plan.padding
+    pads = (dh * (kh - 1) - pt, dh * (kh - 1) - pb, dw * (kw - 1) - pl, dw * (kw - 1) - pr)
+    return pads if min(pads) >= 0 else None
 
 
 def _conv_grad(grad_y, x, weight, plan, which, groups=1):
     """The input gradient (which = "input"; x: an image of the input's shape and layout, its values
     unread) or the weight gradient (which = "weight"; x: the input) of ``_conv``."""
     pt, pb, pl, pr = plan.padding
+    if which == "input" and grad_y.device.type == "cpu":     # measured with oneDNN only
+        flipped = _flipped_padding(plan, weight.shape[-2:])
+        if flipped is not None:     # stride 1: the input gradient is a convolution of grad_y
+            C_out, C_in = weight.shape[0] // groups, weight.shape[1]
+            w_t = weight.view(groups, C_out, C_in, *weight.shape[-2:]).transpose(1, 2).flip(-2, -1)
+            return _conv2d(grad_y, w_t.reshape(groups * C_in, C_out, *weight.shape[-2:]), None, flipped,
+                           plan.dilation, groups)
     symmetric = pt == pb and pl == pr
     H, W = x.shape[-2:]
     if symmetric:
