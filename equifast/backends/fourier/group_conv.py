@@ -399,15 +399,16 @@ def _flipped_padding(plan, kernel):
 
 def _conv_grad(grad_y, x, weight, plan, which, groups=1):
     """The input gradient (which = "input"; x: an image of the input's shape and layout, its values
-    unread) or the weight gradient (which = "weight"; x: the input) of ``_conv``."""
-    pt, pb, pl, pr = plan.padding
+    unread) or the weight gradient (which = "weight"; x: the input) of ``_conv``. On CPU at stride 1 the
+    input gradient is a forward conv2d of grad_y with the flipped, transposed filters (``_flipped_padding``)."""
     if which == "input" and grad_y.device.type == "cpu":     # measured with oneDNN only
         flipped = _flipped_padding(plan, weight.shape[-2:])
-        if flipped is not None:     # stride 1: the input gradient is a convolution of grad_y
+        if flipped is not None:
             C_out, C_in = weight.shape[0] // groups, weight.shape[1]
             w_t = weight.view(groups, C_out, C_in, *weight.shape[-2:]).transpose(1, 2).flip(-2, -1)
             return _conv2d(grad_y, w_t.reshape(groups * C_in, C_out, *weight.shape[-2:]), None, flipped,
                            plan.dilation, groups)
+    pt, pb, pl, pr = plan.padding
     symmetric = pt == pb and pl == pr
     H, W = x.shape[-2:]
     if symmetric:
