@@ -6,6 +6,7 @@ interleaved in one process (medians of 20 rounds after 3 warm-up rounds), ms for
   have to be written NHWC by the mixes, which is what v4/v5 tried);
 - ``grouped``: one grouped F.conv2d (groups=5) over the five images side by side in the channels;
 - ``nnpack``: five ``torch._nnpack_spatial_convolution`` calls (NNPACK, in torch's CPU build);
+- ``native``: five ``aten._slow_conv2d_forward`` calls (PyTorch's own im2col + GEMM convolution);
 - ``*_w``: the weight gradients (``aten.convolution_backward``, weight only) of the same layouts.
 
     python bench/results/fourier-2026-12-01-v3/unit_conv_alternatives.py THREADS
@@ -40,9 +41,13 @@ contenders = {
     "onednn_nhwc": lambda: [F.conv2d(x, w, padding=1) for x, w in zip(cl, cl_w)],
     "grouped": lambda: F.conv2d(xg, wg, padding=1, groups=K),
     "nnpack": lambda: [torch._nnpack_spatial_convolution(x, w, None, [1, 1]) for x, w in zip(xs, ws)],
+    "native": lambda: [torch.ops.aten._slow_conv2d_forward(x, w, [3, 3], None, [1, 1], [1, 1]) for x, w in zip(xs, ws)],
     "onednn_w": lambda: [weight_grad(g, x, w) for g, x, w in zip(gys, xs, ws)],
     "onednn_nhwc_w": lambda: [weight_grad(g, x, w) for g, x, w in zip(cl_g, cl, cl_w)],
     "grouped_w": lambda: weight_grad(gg, xg, wg, K),
+    "native_w": lambda: [torch.ops.aten._slow_conv2d_backward.output_mask(g, x, w, [3, 3], [1, 1], [1, 1],
+                                                                         [False, True, False])[1]
+                         for g, x, w in zip(gys, xs, ws)],
 }
 ref = F.conv2d(xs[0], ws[0], padding=1)
 err = ((torch._nnpack_spatial_convolution(xs[0], ws[0], None, [1, 1]) - ref).abs().max() / ref.abs().max()).item()
