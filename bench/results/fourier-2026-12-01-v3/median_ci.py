@@ -1,16 +1,19 @@
-"""How sure the ten-run medians of the current code are (bench/results/fourier-2026-12-01-v2, settle-run1..10):
+"""How sure the ten-run medians of the current code are (SERIES/settle-run*/ops.json; SERIES defaults to
+bench/results/fourier-2026-12-01-v2):
 for every cell, the median speedup over the torch backend, a 95% bootstrap interval of that median
 (10,000 resamples of the ten runs, seed 0) and how many runs reached the target.
 
-    python bench/results/fourier-2026-12-01-v3/median_ci.py
+    python bench/results/fourier-2026-12-01-v3/median_ci.py [SERIES]
 """
 import glob
 import json
 import os
 import random
 import statistics
+import sys
 
-SERIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fourier-2026-12-01-v2")
+SERIES = sys.argv[1] if len(sys.argv) > 1 else \
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fourier-2026-12-01-v2")
 TARGET = {"C4": 2.0, "D4": 3.5, "C8": 3.5, "C16": 6.0}
 ORDER = list(TARGET)
 
