@@ -25,5 +25,4 @@ done
 for t in 1 2; do
   flock /tmp/bench.lock $PY bench/results/fourier-2026-12-01/onednn_census.py $t C4 > "$D/census-C4-${t}thread.txt"
 done
-$PY "$D/series_table.py" "$D"
-$PY bench/results/fourier-2026-12-01-v3/median_ci.py "$D"
+$PY bench/results/fourier-2026-12-01-v3/median_ci.py "$D" --runs
